@@ -1,0 +1,301 @@
+"""The `kseg` command line: `kseg --help` lists every command."""
+
+import argparse
+import json
+import os
+import sys
+
+
+def _pair(text):
+    parts = text.lower().replace("x", ",").split(",")
+    if len(parts) == 1:
+        parts = parts * 2
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 128 or 256x320, got {text!r}") from None
+
+
+def _model_args(items):
+    """`--model-arg key=value` pairs; values are JSON when they parse (numbers, dicts), else strings."""
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"kseg: error: --model-arg expects key=value, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def cmd_demo(args):
+    from kseg import demo
+
+    config = demo.DemoConfig.quick(args.out) if args.quick else demo.DemoConfig(out_dir=args.out)
+    if args.epochs is not None:
+        config.epochs = args.epochs
+    config.overwrite = args.overwrite
+    demo.run(config)
+
+
+def cmd_train(args):
+    from kseg import training
+
+    config = training.TrainConfig(
+        model=args.model, model_kwargs=_model_args(args.model_arg), data=args.data, val_data=args.val_data,
+        num_classes=args.num_classes, crop_size=args.crop_size, batch_size=args.batch_size, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, optimizer=args.optimizer, learning_rate=args.lr, loss=args.loss,
+        seed=args.seed, mixed_precision=args.mixed_precision, distribute=args.distribute, out_dir=args.out,
+        overwrite=args.overwrite,
+    )
+    result = training.train(config)
+    print(f"best model: {result.best_path}")
+
+
+def _split(args):
+    import kseg
+
+    return kseg.data.load(args.data, args.split, num_classes=args.num_classes)
+
+
+def cmd_evaluate(args):
+    from kseg import evaluation
+
+    split = _split(args)
+    result = evaluation.evaluate(args.model, split, num_threads=args.threads)
+    print(result.table())
+    s = result.scores
+    print(f"\nmIoU {100 * s['miou']:.2f}  pixel accuracy {100 * s['pixel_accuracy']:.2f}  "
+          f"mean class accuracy {100 * s['mean_class_accuracy']:.2f}  FWIoU {100 * s['fwiou']:.2f}  "
+          f"Dice {100 * s['dice']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "data": args.data, "split": args.split, **result.to_json()}, f, indent=2)
+    if args.confusion:
+        evaluation.confusion_figure(result, args.confusion)
+
+
+def cmd_predict(args):
+    import numpy as np
+    from PIL import Image
+
+    from kseg import evaluation, viz
+    from kseg.errors import DataError
+
+    runner = evaluation.predictor(args.model, args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    for path in args.images:
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path}: cannot decode image ({error})") from None
+        labels = runner.labels(pixels[None].astype(np.float32))[0]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        viz.label_image(labels).save(os.path.join(args.out, f"{stem}.png"))
+        Image.fromarray(viz.overlay(pixels, labels)).save(os.path.join(args.out, f"{stem}_overlay.jpg"), quality=92)
+        print(f"{path} -> {os.path.join(args.out, stem)}.png, {stem}_overlay.jpg")
+
+
+def cmd_export(args):
+    import kseg
+    from kseg import evaluation, export
+
+    model = evaluation.KerasPredictor(args.model).model
+    stem = os.path.join(args.out, os.path.splitext(os.path.basename(args.model))[0])
+    fixed = tuple(model.input_shape[1:3])
+    input_size = args.input_size or (fixed if None not in fixed else None)
+    if input_size is None:
+        raise kseg.KsegError(f"{args.model} takes any size: pass --input-size for the exported model")
+    calibration = None
+    if any(mode in ("int8", "int16x8") for mode in args.modes):
+        calibration = kseg.data.load(args.calibration_data, "train", num_classes=args.num_classes)
+    if args.savedmodel:
+        print(f"{export.save_savedmodel(model, stem + '_savedmodel')}")
+    for mode in args.modes:
+        path = f"{stem}_{mode}.tflite"
+        info = export.to_litert(model, path, mode=mode, input_size=input_size, calibration=calibration,
+                                output=args.output, num_calibration=args.num_calibration,
+                                class_names=calibration.class_names if calibration else None, source=args.model)
+        print(f"{path}: {info['size_bytes'] / 1e6:.2f} MB, input {info['input']['dtype']}, "
+              f"output {args.output} {info['output']['dtype']}; sidecar {path}.json")
+
+
+def cmd_bench(args):
+    from kseg import bench
+
+    results = []
+    for path in args.artifacts:
+        for threads in args.threads:
+            stats = bench.benchmark(path, threads=threads, runs=args.runs, warmup=args.warmup,
+                                    input_size=args.input_size)
+            results.append(stats)
+            print(f"{path}  threads {threads}  {stats['input_size'][0]}x{stats['input_size'][1]}  "
+                  f"mean {stats['mean_ms']:.2f} ms  p50 {stats['p50_ms']:.2f}  p90 {stats['p90_ms']:.2f}  "
+                  f"size {stats['size_bytes'] / 1e6:.2f} MB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def cmd_data_check(args):
+    from kseg.data import check
+
+    colors = _colors(args.colors)
+    report = check(args.dir, num_classes=args.num_classes, colors=colors)
+    print(f"{args.dir}: {len(report.pairs)} image/mask pairs, {report.num_classes} classes")
+    for (height, width), count in report.sizes.most_common(5):
+        print(f"  size {width}x{height}: {count} images")
+    if len(report.sizes) > 5:
+        print(f"  ... {len(report.sizes) - 5} more sizes")
+    total = max(int(report.histogram.sum()), 1)
+    print("  label   pixels      share")
+    for label in [i for i in range(256) if report.histogram[i]]:
+        name = "ignore" if label == 255 else str(label)
+        print(f"  {name:>6}  {int(report.histogram[label]):>10}  {100 * report.histogram[label] / total:6.2f}%")
+    if report.problems:
+        print(f"{len(report.problems)} problem(s):")
+        for problem in report.problems:
+            print(f"  {problem}")
+        return 1
+    print("no problems found")
+    return 0
+
+
+def _colors(path):
+    """A colour table from JSON: {"r,g,b": class} or [[r, g, b], ...] (index = class)."""
+    if not path:
+        return None
+    with open(path) as f:
+        table = json.load(f)
+    if isinstance(table, list):
+        return {tuple(color): label for label, color in enumerate(table)}
+    return {tuple(int(c) for c in key.split(",")): int(label) for key, label in table.items()}
+
+
+def cmd_data_synth(args):
+    from kseg.data import write_folder
+
+    for split, count in (("train", args.num_images), ("val", max(args.num_images // 4, 1))):
+        write_folder(os.path.join(args.out, split), count, _pair(str(args.size)), args.seed, split)
+    print(f"wrote {args.out}/train and {args.out}/val (images/ and palette masks/)")
+
+
+def cmd_models(args):
+    import kseg
+
+    for name in kseg.models.names():
+        print(f"{name:16s} {kseg.models.architecture(name).paper}")
+    print(f"\nbackbones: {', '.join(kseg.models.backbones.names())}")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="kseg", description="Keras 3 semantic segmentation to LiteRT.")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    c = commands.add_parser("demo", help="train, evaluate, export, benchmark on the embedded data; write a report")
+    c.add_argument("--out", default="kseg-demo", help="report folder (default: kseg-demo)")
+    c.add_argument("--epochs", type=int, help="training epochs (default 15; --quick: 1)")
+    c.add_argument("--quick", action="store_true", help="a one-minute run with a narrow model and tiny data")
+    c.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    c.set_defaults(func=cmd_demo)
+
+    c = commands.add_parser("train", help="train a model with Keras fit (resumes in an existing --out)")
+    c.add_argument("--model", default="deeplabv3plus", help="architecture name (see: kseg models)")
+    c.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="builder argument, e.g. output_stride=8 or backbone_kwargs='{\"alpha\": 0.5}'")
+    c.add_argument("--data", default="synthetic", help="folder, 'synthetic' or 'tfds:NAME' (default synthetic)")
+    c.add_argument("--val-data", help="validation data (default: the 'val' split of --data)")
+    c.add_argument("--num-classes", type=int, help="classes (default: from the data)")
+    c.add_argument("--crop-size", type=_pair, default=(128, 128), help="training crop, e.g. 256 or 256x320")
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--epochs", type=int, default=10)
+    c.add_argument("--steps-per-epoch", type=int)
+    c.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    c.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (poly decay to 0)")
+    c.add_argument("--loss", default="ce", help="e.g. ce, dice, lovasz, ce+0.5*dice")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"])
+    c.add_argument("--distribute", choices=["mirrored"], help="train on every local device via tf.distribute")
+    c.add_argument("--out", default="runs/kseg", help="run folder: best.keras, last.keras, log.csv, tensorboard/")
+    c.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    c.set_defaults(func=cmd_train)
+
+    c = commands.add_parser("evaluate", help="score a .keras or .tflite model: mIoU, per-class table, JSON")
+    c.add_argument("model")
+    c.add_argument("--data", default="synthetic")
+    c.add_argument("--split", default="val")
+    c.add_argument("--num-classes", type=int)
+    c.add_argument("--threads", type=int, default=2, help="LiteRT threads")
+    c.add_argument("--json", help="write scores, per-class lists and the confusion matrix here")
+    c.add_argument("--confusion", help="write a confusion-matrix picture (PNG) here")
+    c.set_defaults(func=cmd_evaluate)
+
+    c = commands.add_parser("predict", help="label PNGs (palette) and colour overlays for images")
+    c.add_argument("model")
+    c.add_argument("images", nargs="+")
+    c.add_argument("--out", required=True)
+    c.add_argument("--threads", type=int, default=2)
+    c.set_defaults(func=cmd_predict)
+
+    c = commands.add_parser("export", help="SavedModel and LiteRT (float32, float16, dynamic, int8, int16x8)")
+    c.add_argument("model", help="a .keras file")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--modes", nargs="+", default=["float32", "int8"],
+                   choices=["float32", "float16", "dynamic", "int8", "int16x8"])
+    c.add_argument("--input-size", type=_pair, help="input size of the exported model, e.g. 257x257")
+    c.add_argument("--output", default="logits", choices=["logits", "labels"],
+                   help="logits, or a uint8 label map (argmax inside the graph)")
+    c.add_argument("--calibration-data", default="synthetic", help="data for int8 calibration (its train split)")
+    c.add_argument("--num-calibration", type=int, default=100)
+    c.add_argument("--num-classes", type=int)
+    c.add_argument("--savedmodel", action="store_true", help="also write a SavedModel")
+    c.set_defaults(func=cmd_export)
+
+    c = commands.add_parser("bench", help="latency (mean, p50, p90) and size of .tflite / .keras files")
+    c.add_argument("artifacts", nargs="+")
+    c.add_argument("--threads", type=int, nargs="+", default=[2])
+    c.add_argument("--runs", type=int, default=30)
+    c.add_argument("--warmup", type=int, default=5)
+    c.add_argument("--input-size", type=_pair, help="for .keras models that take any size (default 257)")
+    c.add_argument("--json", help="write the numbers here")
+    c.set_defaults(func=cmd_bench)
+
+    c = commands.add_parser("data", help="check a dataset folder, or write the synthetic one to disk")
+    data = c.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    d = data.add_parser("check", help="counts, sizes, class histogram and every problem of a folder")
+    d.add_argument("dir")
+    d.add_argument("--num-classes", type=int)
+    d.add_argument("--colors", help="JSON colour table for RGB masks")
+    d.set_defaults(func=cmd_data_check)
+    d = data.add_parser("synth", help="write the synthetic dataset as PNG folders")
+    d.add_argument("out")
+    d.add_argument("--num-images", type=int, default=64)
+    d.add_argument("--size", default="128")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_data_synth)
+
+    c = commands.add_parser("models", help="list the registered architectures and backbones")
+    c.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ logs (CUDA probing on CPU machines)
+    args = parser().parse_args(argv)
+    from kseg.errors import KsegError
+
+    try:
+        return args.func(args) or 0
+    except KsegError as error:
+        print(f"kseg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

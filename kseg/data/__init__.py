@@ -1,0 +1,32 @@
+"""Data for kseg: folders of images and masks, TensorFlow Datasets, the embedded synthetic set, and
+the `tf.data` pipeline that decodes, augments and batches them.
+
+    train = kseg.data.load("synthetic", "train")            # or a folder path, or "tfds:oxford_iiit_pet"
+    batches = kseg.data.pipeline(train, batch_size=8, size=(128, 128), training=True)
+
+Every source yields (image uint8 (H, W, 3), mask uint8 (H, W)) examples; masks hold class indices
+and 255 marks pixels to ignore. Batches hold float32 pixels in [0, 255]: models normalise inside.
+"""
+
+from kseg.data.folder import DataReport, check, from_folder, read_mask
+from kseg.data.pipeline import pipeline
+from kseg.data.source import IGNORE_LABEL, Split, load
+from kseg.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+from kseg.data.synthetic import from_synthetic, generate, write_folder
+from kseg.data.tfds import from_tfds
+
+__all__ = [
+    "IGNORE_LABEL",
+    "SYNTHETIC_CLASSES",
+    "DataReport",
+    "Split",
+    "check",
+    "from_folder",
+    "from_synthetic",
+    "from_tfds",
+    "generate",
+    "load",
+    "pipeline",
+    "read_mask",
+    "write_folder",
+]

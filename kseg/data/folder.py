@@ -1,0 +1,213 @@
+"""Folders of images and masks, paired by file stem, checked before training touches them.
+
+Layouts: `DIR/images` + `DIR/masks`, or PASCAL VOC's `DIR/JPEGImages` + `DIR/SegmentationClass`.
+Images: PNG, JPEG or BMP (grey, RGB or RGBA; all become RGB). Masks: PNG (or BMP) holding class
+indices: single-channel index images, palette images (VOC; decoded to their indices, not colours),
+or RGB colour-coded masks with a `colors` table {(r, g, b): class}. 255 means "ignore".
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+
+import numpy as np
+from PIL import Image
+
+from kseg.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+MASK_EXTENSIONS = (".png", ".bmp")
+LAYOUTS = (("images", "masks"), ("JPEGImages", "SegmentationClass"))
+IGNORE_LABEL = 255
+
+
+def find_layout(root):
+    """(images_dir, masks_dir) under `root`, or a DataError that says what was expected."""
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: no such folder")
+    for images, masks in LAYOUTS:
+        pair = os.path.join(root, images), os.path.join(root, masks)
+        if os.path.isdir(pair[0]) and os.path.isdir(pair[1]):
+            return pair
+    raise DataError(f"{root}: expected subfolders images/ and masks/ (or VOC's JPEGImages/ and SegmentationClass/)")
+
+
+def _files_by_stem(directory, extensions, problems):
+    files = {}
+    for name in sorted(os.listdir(directory)):
+        stem, ext = os.path.splitext(name)
+        path = os.path.join(directory, name)
+        if name.startswith(".") or not os.path.isfile(path):
+            continue
+        if ext.lower() not in extensions:
+            problems.append(f"{path}: unsupported file type {ext or '(none)'} (expected {', '.join(extensions)})")
+        elif stem in files:
+            problems.append(f"{path}: same name as {files[stem]} (pairs are matched by name)")
+        else:
+            files[stem] = path
+    return files
+
+
+def read_mask(path, colors=None):
+    """Class indices (uint8, (H, W)) of a mask file; palette masks give their indices, not colours.
+
+    `colors` maps (r, g, b) to a class, for colour-coded RGB masks. Raises DataError naming the file.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            array = np.asarray(image)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"{path}: cannot decode mask ({error})") from None
+    if mode in ("P", "L", "1"):
+        return array.astype(np.uint8)
+    if mode in ("I", "I;16", "I;16B", "I;16L"):
+        if array.max(initial=0) > 255 or array.min(initial=0) < 0:
+            raise DataError(f"{path}: label {array.max()} does not fit 0-255 (255 means ignore)")
+        return array.astype(np.uint8)
+    if mode == "LA":
+        return array[..., 0].astype(np.uint8)
+    if mode in ("RGB", "RGBA"):
+        rgb = array[..., :3].astype(np.uint32)
+        if colors is None:
+            if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+                return array[..., 0].astype(np.uint8)  # a grey RGB file: indices stored three times
+            raise DataError(
+                f"{path}: an RGB colour mask; pass a colour table (colors=, --colors) or save masks as index PNGs"
+            )
+        return _colors_to_labels(path, rgb, colors)
+    raise DataError(f"{path}: unsupported mask mode {mode} (expected an index, palette or RGB PNG)")
+
+
+def _colors_to_labels(path, rgb, colors):
+    keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    table = {(int(r) << 16) | (int(g) << 8) | int(b): int(label) for (r, g, b), label in colors.items()}
+    known = np.array(sorted(table), dtype=np.uint32)
+    labels = np.array([table[k] for k in known], dtype=np.uint8)
+    index = np.clip(np.searchsorted(known, keys), 0, len(known) - 1)
+    unknown = known[index] != keys
+    if unknown.any():
+        key = int(keys[unknown][0])
+        colour = (key >> 16, (key >> 8) & 255, key & 255)
+        raise DataError(f"{path}: colour {colour} is not in the colour table ({int(unknown.sum())} pixels)")
+    return labels[index]
+
+
+def _image_size(path):
+    """(height, width) of an image after checking that it decodes (JPEG at 1/8 scale: fast, still complete)."""
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DataError(f"{path}: cannot decode image ({error})") from None
+    return size[1], size[0]
+
+
+@dataclasses.dataclass
+class DataReport:
+    """What `check` found: the pairs, their sizes, the class histogram, and every problem."""
+
+    root: str
+    pairs: list  # [(image_path, mask_path)]
+    sizes: collections.Counter  # (height, width) -> count
+    histogram: np.ndarray  # pixels per label value, 256 entries (index 255: ignored)
+    problems: list
+    num_classes: int
+
+    def raise_first(self):
+        if self.problems:
+            more = len(self.problems) - 1
+            suffix = f" (and {more} more problem{'s' * (more > 1)}; run: kseg data check {self.root})" if more else ""
+            raise DataError(self.problems[0] + suffix)
+
+
+def check(root, num_classes=None, colors=None, workers=4):
+    """Scans a folder dataset: pairs by stem, decodes every file, checks sizes and label ranges.
+
+    Never raises for bad files; returns a DataReport listing each problem as "path: what is wrong".
+    """
+    images_dir, masks_dir = find_layout(root)
+    problems = []
+    if not os.listdir(images_dir):
+        problems.append(f"{images_dir}: empty folder (no images)")
+    images = _files_by_stem(images_dir, IMAGE_EXTENSIONS, problems)
+    masks = _files_by_stem(masks_dir, MASK_EXTENSIONS, problems)
+    for stem in sorted(images.keys() - masks.keys()):
+        problems.append(f"{images[stem]}: no mask (expected {os.path.join(masks_dir, stem)}.png)")
+    for stem in sorted(masks.keys() - images.keys()):
+        problems.append(f"{masks[stem]}: mask without an image")
+    pairs = [(images[s], masks[s]) for s in sorted(images.keys() & masks.keys())]
+    if not pairs and not problems:
+        problems.append(f"{images_dir}: empty folder (no image/mask pairs)")
+
+    def inspect(pair):
+        image_path, mask_path = pair
+        try:
+            size = _image_size(image_path)
+            mask = read_mask(mask_path, colors)
+        except DataError as error:
+            return None, None, str(error)
+        if mask.shape != size:
+            return size, None, (
+                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {os.path.basename(image_path)} "
+                f"is {size[1]}x{size[0]} (width x height)"
+            )
+        return size, np.bincount(mask.reshape(-1), minlength=256), None
+
+    sizes, histogram, per_pair = collections.Counter(), np.zeros(256, np.int64), []
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for pair, (size, counts, problem) in zip(pairs, pool.map(inspect, pairs)):
+            per_pair.append((pair, counts))
+            if problem:
+                problems.append(problem)
+                continue
+            sizes[size] += 1
+            histogram += counts
+    used = np.flatnonzero(histogram[:IGNORE_LABEL])
+    inferred = int(used.max()) + 1 if used.size else 0
+    if num_classes is None:
+        num_classes = inferred
+    else:
+        for (_, mask_path), counts in per_pair:
+            if counts is None:
+                continue
+            bad = np.flatnonzero(counts[num_classes:IGNORE_LABEL])
+            if bad.size:
+                label = int(bad[0]) + num_classes
+                problems.append(
+                    f"{mask_path}: label {label} out of range for {num_classes} classes "
+                    f"({int(counts[label])} pixels; 255 is the ignore label)"
+                )
+    good = [pair for pair, counts in per_pair if counts is not None]
+    return DataReport(root, good, sizes, histogram, problems, num_classes)
+
+
+def from_folder(root, num_classes=None, class_names=None, colors=None):
+    """A Split from a folder dataset, after `check`: any problem raises a DataError naming the file."""
+    import tensorflow as tf
+
+    from kseg.data.source import Split
+
+    report = check(root, num_classes=num_classes, colors=colors)
+    report.raise_first()
+    image_paths = [image for image, _ in report.pairs]
+    mask_paths = [mask for _, mask in report.pairs]
+
+    def decode(image_path, mask_path):
+        image = tf.io.decode_image(
+            tf.io.read_file(image_path), channels=3, dtype=tf.uint8, expand_animations=False
+        )
+        mask = tf.numpy_function(lambda p: read_mask(p.decode(), colors), [mask_path], tf.uint8, stateful=False)
+        mask = tf.ensure_shape(mask, [None, None])
+        return image, mask
+
+    examples = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths)).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    names = list(class_names or [f"class_{i}" for i in range(report.num_classes)])
+    image_size = next(iter(report.sizes)) if len(report.sizes) == 1 else None
+    return Split(examples, report.num_classes, names, len(report.pairs), root, image_size)

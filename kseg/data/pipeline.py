@@ -1,0 +1,103 @@
+"""The tf.data pipeline: joint geometric augmentation, photometric jitter, batching, prefetch.
+
+Randomness is stateless and seeded per example, so a run is reproducible whatever the parallelism.
+Masks are only ever resized with nearest neighbour, padded with the ignore label, and cropped and
+flipped together with their image.
+"""
+
+import tensorflow as tf
+
+from kseg.data.source import IGNORE_LABEL
+
+PAD_PIXEL = 127.5  # padding looks like the mean grey; the padded labels are ignored anyway
+
+
+def pipeline(
+    split,
+    batch_size=8,
+    size=None,
+    training=False,
+    scale_range=(0.5, 2.0),
+    flip=True,
+    jitter=True,
+    seed=0,
+    shuffle_buffer=1024,
+    cache=False,
+    repeat=False,
+):
+    """Batches of (float32 pixels (N, H, W, 3) in [0, 255], uint8 masks (N, H, W)) from a `Split`.
+
+    Training: shuffle, random scale in `scale_range`, pad and random-crop to `size`, horizontal
+    flip, brightness/contrast/saturation/hue jitter on the image only; incomplete batches dropped.
+    Evaluation: resized to `size` when given (masks with nearest neighbour), otherwise batched as is
+    (mixed sizes are padded per batch; padded pixels carry the ignore label).
+    """
+    examples = split.examples
+    if cache:
+        examples = examples.cache()
+    if training:
+        if size is None:
+            raise ValueError("training needs a crop size, e.g. size=(256, 256)")
+        examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+        augment = _augmenter(tuple(size), scale_range, flip, jitter)
+        examples = tf.data.Dataset.zip((examples, seeds)).map(
+            lambda example, s: augment(*example, s), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    else:
+        examples = examples.map(
+            lambda image, mask: _resize_pair(tf.cast(image, tf.float32), mask, size),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    if repeat:
+        examples = examples.repeat()
+    if training or size is not None or split.image_size is not None:
+        batches = examples.batch(batch_size, drop_remainder=training)
+    else:
+        batches = examples.padded_batch(
+            batch_size, padding_values=(tf.constant(0.0), tf.constant(IGNORE_LABEL, tf.uint8))
+        )
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def _resize_pair(image, mask, size):
+    if size is None:
+        return image, mask
+    image = tf.image.resize(image, size, method="bilinear")
+    mask = tf.image.resize(mask[..., None], size, method="nearest")[..., 0]
+    return image, mask
+
+
+def _augmenter(size, scale_range, flip, jitter):
+    crop_height, crop_width = size
+
+    def augment(image, mask, seed):
+        seeds = tf.random.experimental.stateless_split(seed, 7)
+        image = tf.cast(image, tf.float32)
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = tf.random.stateless_uniform([], seeds[0], *scale_range)
+        scaled = tf.cast(tf.round(shape * scale), tf.int32)
+        image, mask = _resize_pair(image, mask, scaled)
+
+        pad_height = tf.maximum(crop_height - scaled[0], 0)
+        pad_width = tf.maximum(crop_width - scaled[1], 0)
+        paddings = [[0, pad_height], [0, pad_width]]
+        image = tf.pad(image, paddings + [[0, 0]], constant_values=PAD_PIXEL)
+        mask = tf.pad(mask, paddings, constant_values=IGNORE_LABEL)
+
+        joint = tf.concat([image, tf.cast(mask, tf.float32)[..., None]], axis=-1)
+        joint = tf.image.stateless_random_crop(joint, [crop_height, crop_width, 4], seeds[1])
+        if flip:
+            joint = tf.image.stateless_random_flip_left_right(joint, seeds[2])
+        image, mask = joint[..., :3], tf.cast(joint[..., 3], tf.uint8)
+
+        if jitter:
+            image = image / 255.0
+            image = tf.image.stateless_random_brightness(image, 0.125, seeds[3])
+            image = tf.image.stateless_random_contrast(image, 0.75, 1.25, seeds[4])
+            image = tf.image.stateless_random_saturation(tf.clip_by_value(image, 0, 1), 0.75, 1.25, seeds[5])
+            image = tf.image.stateless_random_hue(image, 0.04, seeds[6])
+            image = tf.clip_by_value(image, 0.0, 1.0) * 255.0
+        return tf.ensure_shape(image, [crop_height, crop_width, 3]), tf.ensure_shape(mask, [crop_height, crop_width])
+
+    return augment

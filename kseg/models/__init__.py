@@ -1,0 +1,15 @@
+"""Segmentation architectures as Keras 3 functional models, and the registry that names them.
+
+    model = kseg.models.get("deeplabv3plus", num_classes=21, input_shape=(257, 257, 3))
+    kseg.models.names()  # every registered architecture
+
+Every model takes RGB pixels in [0, 255] (normalisation is inside the graph) of any size and
+returns per-pixel logits of the same height and width.
+"""
+
+from kseg.models import backbones, blocks
+from kseg.models.deeplabv3plus import deeplabv3plus
+from kseg.models.registry import architecture, get, names, register
+from kseg.models.unet import unet
+
+__all__ = ["architecture", "backbones", "blocks", "deeplabv3plus", "get", "names", "register", "unet"]

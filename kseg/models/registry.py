@@ -1,0 +1,51 @@
+"""The architecture registry: one name per builder, so the CLI, tests and benchmarks need no if-chains."""
+
+import dataclasses
+from typing import Callable
+
+from kseg.errors import KsegError
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    name: str
+    build: Callable
+    paper: str
+    tiny: dict  # keyword arguments for a narrow, fast variant (tests, quick benchmarks)
+
+
+_ARCHITECTURES = {}
+
+
+def register(name, paper, tiny=None):
+    """Decorator: `@register("unet", paper="...", tiny={...})` over a builder `f(num_classes, input_shape, ...)`."""
+
+    def decorator(build):
+        if name in _ARCHITECTURES:
+            raise ValueError(f"architecture {name!r} is already registered")
+        _ARCHITECTURES[name] = Architecture(name, build, paper, dict(tiny or {}))
+        return build
+
+    return decorator
+
+
+def names():
+    """Names of every registered architecture, sorted."""
+    return sorted(_ARCHITECTURES)
+
+
+def architecture(name):
+    try:
+        return _ARCHITECTURES[name]
+    except KeyError:
+        raise KsegError(f"unknown model {name!r}; available: {', '.join(names())}") from None
+
+
+def get(name, num_classes, input_shape=(None, None, 3), tiny=False, **kwargs):
+    """Builds the architecture `name`: `kseg.models.get("unet", num_classes=3, input_shape=(64, 64, 3))`.
+
+    `tiny=True` starts from the architecture's narrow test configuration; `kwargs` override it.
+    """
+    arch = architecture(name)
+    options = {**(arch.tiny if tiny else {}), **kwargs}
+    return arch.build(num_classes, input_shape=input_shape, **options)

@@ -1,0 +1,71 @@
+"""U-Net (Ronneberger, Fischer, Brox 2015, "U-Net: Convolutional Networks for Biomedical Image Segmentation").
+
+    model = kseg.models.unet(num_classes=3, input_shape=(250, 333, 3), filters=16, depth=4)
+    model(numpy.zeros((1, 250, 333, 3))).shape  # (1, 250, 333, 3)
+"""
+
+import keras
+from keras import layers
+
+from kseg.models import blocks
+from kseg.models.registry import register
+
+UPSAMPLING = ("bilinear", "nearest", "transpose")
+
+
+@register("unet", paper="Ronneberger et al. 2015, arXiv:1505.04597", tiny={"filters": 8, "depth": 3})
+def unet(
+    num_classes,
+    input_shape=(None, None, 3),
+    filters=64,
+    depth=4,
+    norm="batch",
+    upsampling="bilinear",
+    dropout=0.0,
+    name="unet",
+):
+    """Builds a U-Net: `depth` down-sampling levels, a bottleneck, and a mirrored decoder with skips.
+
+    Args:
+        num_classes: output channels (per-class logits; 1 for binary segmentation with a sigmoid loss).
+        input_shape: (height, width, channels); height and width may be None or any size (odd too):
+            the decoder resizes to each skip's size, so the output always has the input's size.
+        filters: channels of the first level; each level doubles them.
+        depth: number of 2x down-sampling levels (the paper uses 4).
+        norm: "batch" (default), "group", "layer" or "none" (the paper predates batch normalisation).
+        upsampling: "bilinear" or "nearest" resize, or "transpose" (the paper's learned 2x2 up-convolution).
+        dropout: dropout rate at the bottleneck (the paper uses 0.5 there).
+    """
+    if upsampling not in UPSAMPLING:
+        raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth!r}")
+    pixels = blocks.pixel_input(input_shape)
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")(pixels)
+
+    skips = []
+    for level in range(depth):
+        x = _double_conv(x, filters * 2**level, norm, f"encoder{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, padding="same", name=f"encoder{level}_pool")(x)
+    x = _double_conv(x, filters * 2**depth, norm, "bottleneck")
+    if dropout:
+        x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+
+    for level in reversed(range(depth)):
+        skip, level_filters = skips[level], filters * 2**level
+        if upsampling == "transpose":
+            x = layers.Conv2DTranspose(level_filters, 2, strides=2, name=f"decoder{level}_upconv")(x)
+            x = blocks.resize_like(x, skip, "nearest", name=f"decoder{level}_fit")
+        else:
+            x = blocks.resize_like(x, skip, upsampling, name=f"decoder{level}_upsample")
+        x = layers.Concatenate(name=f"decoder{level}_concat")([skip, x])
+        x = _double_conv(x, level_filters, norm, f"decoder{level}")
+
+    logits = blocks.classifier(x, num_classes)
+    return keras.Model(pixels, logits, name=name)
+
+
+def _double_conv(x, filters, norm, name):
+    x = blocks.conv_bn_act(x, filters, 3, norm=norm, name=f"{name}_a")
+    return blocks.conv_bn_act(x, filters, 3, norm=norm, name=f"{name}_b")
