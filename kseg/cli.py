@@ -197,7 +197,7 @@ def parser():
 
     c = commands.add_parser("demo", help="train, evaluate, export, benchmark on the embedded data; write a report")
     c.add_argument("--out", default="kseg-demo", help="report folder (default: kseg-demo)")
-    c.add_argument("--epochs", type=int, help="training epochs (default 15; --quick: 1)")
+    c.add_argument("--epochs", type=int, help="training epochs (default 20; --quick: 1)")
     c.add_argument("--quick", action="store_true", help="a one-minute run with a narrow model and tiny data")
     c.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     c.set_defaults(func=cmd_demo)

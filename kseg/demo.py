@@ -20,7 +20,8 @@ from kseg import viz
 @dataclasses.dataclass
 class DemoConfig:
     out_dir: str = "kseg-demo"
-    epochs: int = 15
+    epochs: int = 20
+    learning_rate: float = 5e-3
     image_size: int = 128
     num_images: int = 480  # training images; validation gets a quarter
     batch_size: int = 8
@@ -59,6 +60,7 @@ def run(config):
     train_config = training.TrainConfig(
         model="deeplabv3plus", model_kwargs=config.model_kwargs, data="synthetic", data_options=data_options,
         crop_size=size, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
+        learning_rate=config.learning_rate,
         out_dir=os.path.join(config.out_dir, "run"), overwrite=config.overwrite,
     )
     train_started = time.time()

@@ -37,6 +37,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
         predicted = ops.reshape(predicted, (-1,))
         valid = ops.logical_and(ops.not_equal(labels, self.ignore_label), ops.less(labels, k))
+        valid = ops.logical_and(valid, ops.less(predicted, k))
         cells = ops.where(valid, labels * k + predicted, 0)
         counts = ops.segment_sum(ops.cast(valid, "int32"), cells, num_segments=k * k)
         self.confusion.assign_add(ops.reshape(counts, (k, k)))
@@ -137,7 +138,7 @@ def confusion_matrix(labels, predictions, num_classes, ignore_label=255):
     """NumPy confusion matrix (int64) of integer label and prediction maps of the same shape."""
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     predictions = np.asarray(predictions).reshape(-1).astype(np.int64)
-    valid = (labels != ignore_label) & (labels < num_classes)
+    valid = (labels != ignore_label) & (labels < num_classes) & (predictions < num_classes)
     cells = labels[valid] * num_classes + predictions[valid]
     return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 

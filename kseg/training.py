@@ -93,12 +93,15 @@ def _optimizer(config, total_steps):
 
 
 def _resume_state(out_dir):
-    """(epochs already finished, best val_miou so far) from a previous run in `out_dir`."""
+    """(epochs already finished, best val_miou so far) from a previous run in `out_dir`.
+
+    Rows of log.csv past the backup's last epoch belong to an epoch that runs again: they are dropped.
+    """
     metadata = os.path.join(out_dir, "backup", "training_metadata.json")
     epoch = 0
     if os.path.exists(metadata):
         with open(metadata) as f:
-            epoch = int(json.load(f)["epoch"]) + 1
+            epoch = int(json.load(f)["epoch"])  # BackupAndRestore stores the count of finished epochs
     log, best = os.path.join(out_dir, "log.csv"), None
     if os.path.exists(log):
         with open(log, newline="") as f:
@@ -173,10 +176,10 @@ def train(config, callbacks=()):
         validation_data=val_batches,
         epochs=config.epochs,
         steps_per_epoch=steps,
-        callbacks=[
-            keras.callbacks.BackupAndRestore(os.path.join(config.out_dir, "backup"), double_checkpoint=True),
-            AtomicBestCheckpoint(best_path, "val_miou", best),
+        callbacks=[  # the log row and best checkpoint first: once the backup says "done", they exist
             keras.callbacks.CSVLogger(os.path.join(config.out_dir, "log.csv"), append=True),
+            AtomicBestCheckpoint(best_path, "val_miou", best),
+            keras.callbacks.BackupAndRestore(os.path.join(config.out_dir, "backup"), double_checkpoint=True),
             keras.callbacks.TensorBoard(os.path.join(config.out_dir, "tensorboard"), write_graph=False),
             *callbacks,
         ],

@@ -4,6 +4,7 @@ Layouts: `DIR/images` + `DIR/masks`, or PASCAL VOC's `DIR/JPEGImages` + `DIR/Seg
 Images: PNG, JPEG or BMP (grey, RGB or RGBA; all become RGB). Masks: PNG (or BMP) holding class
 indices: single-channel index images, palette images (VOC; decoded to their indices, not colours),
 or RGB colour-coded masks with a `colors` table {(r, g, b): class}. 255 means "ignore".
+Class names come from `classes.txt` (one per line) in the folder or its parent, when there is one.
 """
 
 import collections
@@ -186,6 +187,16 @@ def check(root, num_classes=None, colors=None, workers=4):
     return DataReport(root, good, sizes, histogram, problems, num_classes)
 
 
+def _class_names_file(root):
+    """Class names from `classes.txt` (one per line, in label order) in the folder or its parent."""
+    for directory in (root, os.path.dirname(os.path.abspath(root))):
+        path = os.path.join(directory, "classes.txt")
+        if os.path.exists(path):
+            with open(path) as f:
+                return [line.strip() for line in f if line.strip()]
+    return None
+
+
 def from_folder(root, num_classes=None, class_names=None, colors=None):
     """A Split from a folder dataset, after `check`: any problem raises a DataError naming the file."""
     import tensorflow as tf
@@ -208,6 +219,6 @@ def from_folder(root, num_classes=None, class_names=None, colors=None):
     examples = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths)).map(
         decode, num_parallel_calls=tf.data.AUTOTUNE
     )
-    names = list(class_names or [f"class_{i}" for i in range(report.num_classes)])
+    names = list(class_names or _class_names_file(root) or [f"class_{i}" for i in range(report.num_classes)])
     image_size = next(iter(report.sizes)) if len(report.sizes) == 1 else None
     return Split(examples, report.num_classes, names, len(report.pairs), root, image_size)

@@ -121,6 +121,8 @@ def write_folder(out_dir, num_images=32, size=(128, 128), seed=0, split="train")
     images, masks = generate(num_images, size, seed, split)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
+    with open(os.path.join(out_dir, "classes.txt"), "w") as f:
+        f.write("\n".join(CLASS_NAMES) + "\n")
     flat_palette = palette(256).reshape(-1).tolist()
     for i, (image, mask) in enumerate(zip(images, masks)):
         Image.fromarray(image).save(os.path.join(out_dir, "images", f"{split}_{i:05d}.png"))

@@ -73,8 +73,10 @@ def from_tfds(name, split="train", data_dir=None, download=False, manual_dir=Non
         if image.shape.rank == 3 and image.shape[-1] == 1:
             image = tf.image.grayscale_to_rgb(image)
         mask = example[spec.mask_key]
-        if mask.shape.rank == 3:
-            mask = mask[..., 0]
+        if mask.shape.rank == 2:
+            mask = mask[..., None]
+        # Guard against masks stored at another size than their image (nearest keeps labels intact).
+        mask = tf.image.resize(mask, tf.shape(image)[:2], method="nearest")[..., 0]
         return tf.cast(image, tf.uint8), tf.gather(table, tf.cast(mask, tf.int32))
 
     examples = dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)

@@ -16,6 +16,7 @@ import keras
 from keras import layers
 
 from kseg.errors import KsegError
+from kseg.models.blocks import BN_MOMENTUM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,8 @@ class AtrousSchedule:
         return stride, self.rate
 
 
+
+
 def _make_divisible(value, divisor=8):
     new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return new_value + divisor if new_value < 0.9 * value else new_value
@@ -68,16 +71,16 @@ def _inverted_residual(x, expansion, filters, stride, rate, block_id):
     inputs = x
     if expansion != 1:
         x = layers.Conv2D(expansion * in_channels, 1, use_bias=False, name=prefix + "expand")(x)
-        x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=prefix + "expand_BN")(x)
+        x = layers.BatchNormalization(epsilon=1e-3, momentum=BN_MOMENTUM, name=prefix + "expand_BN")(x)
         x = layers.ReLU(6.0, name=prefix + "expand_relu")(x)
     expanded = x
     x = layers.DepthwiseConv2D(
         3, strides=stride, dilation_rate=rate, padding="same", use_bias=False, name=prefix + "depthwise"
     )(x)
-    x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=prefix + "depthwise_BN")(x)
+    x = layers.BatchNormalization(epsilon=1e-3, momentum=BN_MOMENTUM, name=prefix + "depthwise_BN")(x)
     x = layers.ReLU(6.0, name=prefix + "depthwise_relu")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, name=prefix + "project")(x)
-    x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=prefix + "project_BN")(x)
+    x = layers.BatchNormalization(epsilon=1e-3, momentum=BN_MOMENTUM, name=prefix + "project_BN")(x)
     if stride == 1 and in_channels == filters:
         x = layers.Add(name=prefix + "add")([inputs, x])
     return expanded, x
@@ -92,7 +95,7 @@ def mobilenetv2(x, schedule, alpha=1.0):
     features = {}
     strides, _ = schedule(2)
     x = layers.Conv2D(_make_divisible(32 * alpha), 3, strides=strides, padding="same", use_bias=False, name="Conv1")(x)
-    x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name="bn_Conv1")(x)
+    x = layers.BatchNormalization(epsilon=1e-3, momentum=BN_MOMENTUM, name="bn_Conv1")(x)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)
     block_id = 0
     for expansion, channels, repeats, first_stride in _MOBILENETV2_STAGES:

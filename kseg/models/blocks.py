@@ -61,12 +61,19 @@ def resize_like(x, reference, interpolation="bilinear", name=None):
     return ResizeLike(interpolation, name=name)([x, reference])
 
 
+# Moving-statistics momentum of every BatchNormalization in kseg. keras.applications uses 0.999, tuned
+# for long ImageNet runs; short runs (fine-tuning, training from scratch) need statistics that follow
+# the weights within tens of steps, or inference-mode predictions lag far behind training-mode ones.
+# 0.9 is PyTorch's default (its momentum=0.1).
+BN_MOMENTUM = 0.9
+
+
 def normalization(kind, name):
     """A normalisation layer by name: "batch", "group" (8 groups), "layer" or None/"none"."""
     if kind in (None, "none"):
         return None
     if kind == "batch":
-        return layers.BatchNormalization(momentum=0.99, epsilon=1e-3, name=name)
+        return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-3, name=name)
     if kind == "group":
         return layers.GroupNormalization(groups=8, name=name)
     if kind == "layer":
@@ -111,7 +118,7 @@ def separable_conv_bn_act(x, filters, kernel_size=3, dilation_rate=1, activation
     x = layers.DepthwiseConv2D(
         kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False, name=f"{name}_depthwise"
     )(x)
-    x = layers.BatchNormalization(name=f"{name}_depthwise_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-3, name=f"{name}_depthwise_bn")(x)
     x = layers.Activation(activation, name=f"{name}_depthwise_{activation}")(x)
     return conv_bn_act(x, filters, 1, activation=activation, name=f"{name}_pointwise")
 

@@ -1,0 +1,15 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+def tensorflow_backend():
+    return keras.backend.backend() == "tensorflow"
+
+
+requires_tensorflow = pytest.mark.skipif(
+    not tensorflow_backend(), reason="TensorFlow-only stage (data, export); CI runs it under the TF backend"
+)

@@ -1,0 +1,162 @@
+"""The `kseg` command line as a user runs it: train, resume after a kill, evaluate, export, predict, bench."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import requires_tensorflow
+from kseg.cli import main
+
+pytestmark = requires_tensorflow
+TINY = ["--model", "unet", "--model-arg", "filters=4", "--model-arg", "depth=2", "--crop-size", "32",
+        "--batch-size", "4"]
+
+
+def kseg(*args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "kseg.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    assert main(["data", "synth", str(root), "--num-images", "16", "--size", "32"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", *TINY, "--data", str(data), "--epochs", "2", "--out", str(out), "--seed", "1"]) == 0
+    return out
+
+
+def test_help_lists_every_command():
+    result = kseg("--help")
+    assert result.returncode == 0
+    for command in ("demo", "train", "evaluate", "predict", "export", "bench", "data", "models"):
+        assert f"    {command}" in result.stdout
+
+
+def test_models_lists_the_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "deeplabv3plus" in out and "unet" in out and "mobilenetv2" in out
+
+
+def test_train_writes_checkpoints_and_logs(run_dir):
+    for name in ("best.keras", "last.keras", "log.csv", "config.json", "tensorboard"):
+        assert os.path.exists(run_dir / name), name
+    rows = (run_dir / "log.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch") and "val_miou" in rows[0] and len(rows) == 3
+    assert not os.path.exists(run_dir / "backup")  # removed once training finished
+
+
+def test_a_finished_run_is_not_overwritten_silently(run_dir, data, capsys):
+    before = (run_dir / "log.csv").read_text()
+    assert main(["train", *TINY, "--data", str(data), "--epochs", "2", "--out", str(run_dir)]) == 2
+    assert "holds a finished run" in capsys.readouterr().err
+    assert (run_dir / "log.csv").read_text() == before
+
+
+def test_evaluate_keras_and_litert_with_json(run_dir, data, tmp_path, capsys):
+    assert main(["export", str(run_dir / "best.keras"), "--out", str(tmp_path), "--input-size", "32",
+                 "--modes", "float32", "int8", "--calibration-data", str(data), "--savedmodel"]) == 0
+    assert os.path.isdir(tmp_path / "best_savedmodel")
+    scores = {}
+    for artifact in ("best.keras", "best_float32.tflite", "best_int8.tflite"):
+        path = run_dir / artifact if artifact.endswith(".keras") else tmp_path / artifact
+        report = tmp_path / f"{artifact}.json"
+        assert main(["evaluate", str(path), "--data", str(data), "--json", str(report),
+                     "--confusion", str(tmp_path / "confusion.png")]) == 0
+        result = json.loads(report.read_text())
+        scores[artifact] = result["scores"]["miou"]
+        assert len(result["confusion"]) == 6 and 0 <= scores[artifact] <= 1
+    assert "| background |" in capsys.readouterr().out
+    assert abs(scores["best.keras"] - scores["best_float32.tflite"]) < 1e-3
+    assert os.path.getsize(tmp_path / "confusion.png") > 1000
+
+
+def test_predict_writes_palette_labels_and_overlays(run_dir, data, tmp_path):
+    from PIL import Image
+
+    images = sorted((data / "val" / "images").iterdir())[:2]
+    assert main(["predict", str(run_dir / "best.keras"), *map(str, images), "--out", str(tmp_path)]) == 0
+    label = Image.open(tmp_path / f"{images[0].stem}.png")
+    assert label.mode == "P" and label.size == (32, 32)
+    assert os.path.exists(tmp_path / f"{images[1].stem}_overlay.jpg")
+
+
+def test_bench_prints_and_saves(run_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(run_dir / "best.keras"), "--runs", "3", "--input-size", "32",
+                 "--json", str(out)]) == 0
+    assert "mean" in capsys.readouterr().out and json.loads(out.read_text())[0]["runs"] == 3
+
+
+def test_data_check_reports_problems_and_exit_code(data, tmp_path, capsys):
+    assert main(["data", "check", str(data / "train")]) == 0
+    assert "16 image/mask pairs, 6 classes" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    main(["data", "synth", str(bad), "--num-images", "4", "--size", "32"])
+    os.remove(next((bad / "train" / "masks").iterdir()))
+    assert main(["data", "check", str(bad / "train")]) == 1
+    assert "no mask (expected" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line_without_a_trace(tmp_path):
+    result = kseg("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("kseg: error:")
+    assert "Traceback" not in result.stderr
+    result = kseg("evaluate", str(tmp_path / "none.keras"))
+    assert result.returncode == 2 and "none.keras: no such file" in result.stderr
+
+
+def finished_epochs(metadata):
+    try:
+        return json.loads(metadata.read_text())["epoch"]
+    except (OSError, ValueError, KeyError):  # not written yet, or caught mid-write
+        return 0
+
+
+def test_training_resumes_after_a_kill(data, tmp_path):
+    out = tmp_path / "resume"
+    args = [sys.executable, "-m", "kseg.cli", "train", *TINY, "--data", str(data), "--epochs", "40",
+            "--out", str(out)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    metadata = out / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and finished_epochs(metadata) < 2:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = json.loads(metadata.read_text())["epoch"]  # epochs finished before the kill
+    assert 2 <= finished < 40
+
+    result = kseg("train", *TINY, "--data", str(data), "--epochs", "40", "--out", str(out), timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming {out} after epoch {finished} of 40" in result.stdout
+    epochs = [int(row.split(",")[0]) for row in (out / "log.csv").read_text().strip().splitlines()[1:]]
+    assert epochs == list(range(40))  # no epoch missing or repeated in the log
+
+
+def test_demo_quick_writes_the_report(tmp_path):
+    out = tmp_path / "demo"
+    result = kseg("demo", "--quick", "--out", str(out), timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for stage in range(1, 7):
+        assert f"[{stage}/6]" in result.stdout
+    report = (out / "report.md").read_text()
+    assert "| int8 |" in report and "| float32 |" in report and "overlays.png" in report
+    for picture in ("overlays.png", "latency_miou.png", "confusion_int8.png"):
+        assert os.path.getsize(out / picture) > 1000
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["artifacts"]) == {"keras", "float32", "int8"}

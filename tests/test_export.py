@@ -1,0 +1,133 @@
+"""Export: LiteRT parity with Keras, full-int8 I/O, fused label maps, Flex-op errors, SavedModel, sidecars."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kseg
+from conftest import requires_tensorflow
+from kseg import export
+
+pytestmark = requires_tensorflow
+SIZE = (48, 56)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny DeepLabV3+ trained briefly on synthetic shapes (its int8 export must agree with float)."""
+    train = kseg.data.from_synthetic("train", num_images=48, size=SIZE)
+    model = kseg.models.get("deeplabv3plus", 6, tiny=True)
+    model.compile(keras.optimizers.Adam(3e-3), loss=kseg.losses.CrossEntropy())
+    model.fit(kseg.data.pipeline(train, 8, size=SIZE, training=True, scale_range=(0.8, 1.25)),
+              epochs=6, verbose=0)
+    return model, train, tmp_path_factory.mktemp("export")
+
+
+def images(split, count=4):
+    return [x.astype("float32") for x, _ in split.examples.take(count).as_numpy_iterator()]
+
+
+@pytest.mark.parametrize("name", kseg.models.names())
+def test_float_litert_matches_keras_for_every_architecture(name, tmp_path):
+    model = kseg.models.get(name, 3, tiny=True)
+    x = np.random.default_rng(0).uniform(0, 255, (1, *SIZE, 3)).astype("float32")
+    path = str(tmp_path / f"{name}.tflite")
+    info = export.to_litert(model, path, "float32", input_size=SIZE)
+    got = export.LiteRTModel(path).logits(x[0])
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(x))[0], atol=1e-4, rtol=1e-4)
+    assert "DELEGATE" not in info["ops"] and not any(op.startswith("FLEX") for op in info["ops"])
+
+
+@pytest.mark.parametrize("name", kseg.models.names())
+def test_full_int8_for_every_architecture_takes_raw_pixels(name, tmp_path):
+    model = kseg.models.get(name, 3, tiny=True)
+    calibration = [np.random.default_rng(i).uniform(0, 255, (1, *SIZE, 3)).astype("float32") for i in range(4)]
+    calibration[0][0, 0, 0, :2] = (0, 255)
+    info = export.to_litert(model, str(tmp_path / "m.tflite"), "int8", input_size=SIZE, calibration=calibration)
+    assert info["input"]["dtype"] == "uint8" and info["output"]["dtype"] == "uint8"
+    assert info["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
+
+
+def test_int8_labels_agree_with_float_on_a_trained_model(trained):
+    model, train, out = trained
+    val = kseg.data.from_synthetic("val", num_images=8, size=SIZE)
+    float_path, int8_path = str(out / "float.tflite"), str(out / "int8.tflite")
+    export.to_litert(model, float_path, "float32", input_size=SIZE)
+    export.to_litert(model, int8_path, "int8", input_size=SIZE, calibration=train, num_calibration=32)
+    assert kseg.evaluation.agreement(float_path, int8_path, val) > 0.95
+    keras_labels = kseg.evaluation.KerasPredictor(model).labels(np.stack(images(val)))
+    float_labels = kseg.evaluation.LiteRTPredictor(float_path).labels(images(val))
+    assert (keras_labels == float_labels).mean() > 0.999
+
+
+@pytest.mark.parametrize("mode", ["float16", "dynamic", "int8"])
+def test_fused_label_map_output(trained, mode):
+    model, train, out = trained
+    path = str(out / f"labels_{mode}.tflite")
+    info = export.to_litert(model, path, mode, input_size=SIZE, calibration=train, output="labels",
+                            num_calibration=16)
+    assert info["output"]["kind"] == "labels" and info["output"]["dtype"] == "uint8"
+    assert info["output"]["shape"] == [1, *SIZE] and "ARG_MAX" in info["ops"]
+    x = images(train, 2)
+    want = kseg.evaluation.KerasPredictor(model).labels(np.stack(x))
+    got = kseg.evaluation.LiteRTPredictor(path).labels(x)
+    assert (got == want).mean() > 0.9
+
+
+def test_sidecar_describes_the_artifact(trained):
+    model, train, out = trained
+    path = str(out / "side.tflite")
+    export.to_litert(model, path, "float32", input_size=SIZE, class_names=train.class_names, source="x.keras")
+    with open(path + ".json") as f:
+        info = json.load(f)
+    assert info["num_classes"] == 6 and info["class_names"][1] == "disc" and info["mode"] == "float32"
+    assert info["input"]["shape"] == [1, *SIZE, 3] and "[0, 255]" in info["input"]["normalisation"]
+    assert info["size_bytes"] == os.path.getsize(path)
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
+
+
+def test_ops_litert_lacks_fail_with_their_names(tmp_path):
+    import tensorflow as tf
+
+    class ArgmaxPool(keras.layers.Layer):
+        def call(self, x):
+            return tf.nn.max_pool_with_argmax(x, 2, 2, "SAME")[0]
+
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(ArgmaxPool()(inputs)), name="argmaxnet")
+    with pytest.raises(kseg.errors.ExportError) as error:
+        export.to_litert(model, str(tmp_path / "x.tflite"), input_size=(16, 16))
+    assert "argmaxnet: float32 LiteRT export needs ops that are not LiteRT builtins: MaxPoolWithArgmax" in str(
+        error.value)
+    assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "x.tflite")
+
+
+def test_savedmodel_serves_inference_mode(trained):
+    import tensorflow as tf
+
+    model, train, out = trained
+    path = export.save_savedmodel(model, str(out / "savedmodel"))
+    x = np.stack(images(train, 2))
+    loaded = tf.saved_model.load(path)  # keep a reference: its variables live as long as it does
+    served = loaded.serve(tf.constant(x)).numpy()
+    np.testing.assert_allclose(served, keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-4)
+
+
+def test_unknown_mode_and_missing_calibration():
+    model = kseg.models.get("unet", 2, tiny=True)
+    with pytest.raises(kseg.KsegError, match="unknown export mode 'int4'"):
+        export.to_litert(model, "x.tflite", "int4")
+    with pytest.raises(kseg.KsegError, match="int8 export needs calibration images"):
+        export.to_litert(model, "x.tflite", "int8")
+
+
+def test_bench_reports_latency_statistics_and_size(trained):
+    model, _, out = trained
+    path = str(out / "bench.tflite")
+    export.to_litert(model, path, "float32", input_size=SIZE)
+    stats = kseg.bench.benchmark(path, threads=1, runs=5, warmup=1)
+    assert stats["size_bytes"] == os.path.getsize(path) and stats["input_size"] == list(SIZE)
+    assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"]

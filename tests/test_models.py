@@ -1,0 +1,107 @@
+"""Every registered architecture, the way a user builds and trains it. Runs under TensorFlow and JAX."""
+
+import keras
+import numpy as np
+import pytest
+
+import kseg
+from kseg.models import backbones, blocks
+
+NUM_CLASSES = 3
+SHAPES = [(64, 64), (61, 83)]
+
+
+def tiny(name, input_shape=(None, None, 3), **kwargs):
+    return kseg.models.get(name, NUM_CLASSES, input_shape=input_shape, tiny=True, **kwargs)
+
+
+@pytest.mark.parametrize("name", kseg.models.names())
+@pytest.mark.parametrize("size", SHAPES)
+def test_output_has_input_size_and_num_classes(name, size):
+    for input_shape in [(*size, 3), (None, None, 3)]:
+        model = tiny(name, input_shape)
+        out = model(np.random.default_rng(0).uniform(0, 255, (2, *size, 3)).astype("float32"))
+        assert tuple(out.shape) == (2, *size, NUM_CLASSES)
+        assert np.isfinite(keras.ops.convert_to_numpy(out)).all()
+
+
+@pytest.mark.parametrize("name", kseg.models.names())
+def test_training_lowers_the_loss(name):
+    images, masks = _batch()
+    model = tiny(name)
+    model.compile(keras.optimizers.Adam(3e-3), loss=kseg.losses.CrossEntropy(),
+                  metrics=[kseg.metrics.SegmentationMetrics(NUM_CLASSES)])
+    losses = model.fit(images, masks, epochs=10, batch_size=4, verbose=0).history["loss"]
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    masks = (images.mean(-1) // 86).astype("uint8")  # a learnable rule: brightness bands
+    masks[:, :4] = 255
+    return images, masks
+
+
+@pytest.mark.parametrize("name", kseg.models.names())
+def test_keras_file_round_trip(name, tmp_path):
+    model = tiny(name)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 61, 83, 3)).astype("float32")
+    path = str(tmp_path / f"{name}.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_registry_rejects_unknown_names_with_the_list():
+    with pytest.raises(kseg.KsegError, match="unknown model 'nope'; available: .*unet"):
+        kseg.models.get("nope", 3)
+
+
+def test_resize_like_layer_config_round_trip():
+    layer = blocks.ResizeLike("nearest", name="fit")
+    clone = blocks.ResizeLike.from_config(layer.get_config())
+    assert clone.interpolation == "nearest" and clone.name == "fit"
+    x, ref = np.ones((1, 3, 5, 2), "float32"), np.zeros((1, 7, 9, 4), "float32")
+    assert tuple(layer([x, ref]).shape) == (1, 7, 9, 2)
+
+
+@pytest.mark.parametrize("output_stride, expected", [(8, {2, 4, 8}), (16, {2, 4, 8, 16}), (32, {2, 4, 8, 16, 32})])
+def test_backbone_features_by_stride(output_stride, expected):
+    pixels = blocks.pixel_input((64, 64, 3))
+    features = backbones.build("mobilenetv2", pixels, output_stride=output_stride, alpha=0.35)
+    assert set(features) == expected
+    for stride, tensor in features.items():
+        assert tensor.shape[1] == 64 // stride
+
+
+def test_atrous_schedule_turns_strides_into_rates():
+    schedule = backbones.AtrousSchedule(8)
+    assert [schedule(s) for s in (2, 2, 1, 2, 1, 2, 1)] == [(2, 1), (2, 1), (1, 1), (2, 1), (1, 1), (1, 1), (1, 2)]
+
+
+def test_imagenet_style_weights_load_into_dilated_backbone(tmp_path):
+    """Weights saved from keras.applications.MobileNetV2 load by name into kseg's output-stride-8 variant."""
+    reference = keras.applications.MobileNetV2(
+        include_top=False, weights=None, alpha=0.35, input_shape=(224, 224, 3))
+    rng = np.random.default_rng(0)
+    reference.set_weights([rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()])
+    path = str(tmp_path / "mobilenetv2.weights.h5")
+    reference.save_weights(path)
+    model = kseg.models.deeplabv3plus(
+        NUM_CLASSES, input_shape=(65, 65, 3), output_stride=8, backbone_weights=path,
+        backbone_kwargs={"alpha": 0.35}, aspp_filters=16, decoder_filters=16)
+    for name in ("Conv1", "block_7_depthwise", "block_16_project_BN"):
+        for got, want in zip(model.get_layer(name).get_weights(), reference.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    assert model.get_layer("block_7_depthwise").dilation_rate == (2, 2)
+
+
+def test_bad_weights_file_is_one_line_error(tmp_path):
+    path = tmp_path / "broken.weights.h5"
+    path.write_bytes(b"not an h5 file")
+    with pytest.raises(kseg.KsegError, match="cannot load MobileNetV2 weights") as info:
+        kseg.models.deeplabv3plus(3, backbone_weights=str(path), backbone_kwargs={"alpha": 0.35})
+    assert "\n" not in str(info.value)
