@@ -131,3 +131,24 @@ def test_bench_reports_latency_statistics_and_size(trained):
     stats = kseg.bench.benchmark(path, threads=1, runs=5, warmup=1)
     assert stats["size_bytes"] == os.path.getsize(path) and stats["input_size"] == list(SIZE)
     assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"]
+
+
+def test_export_stage_writes_artifacts_and_manifest(trained, tmp_path):
+    import importlib.util
+
+    model, _, _ = trained
+    checkpoint = str(tmp_path / "run" / "best.keras")
+    os.makedirs(tmp_path / "run")
+    model.save(checkpoint)
+    spec = importlib.util.spec_from_file_location(
+        "export_stage", os.path.join(os.path.dirname(__file__), "..", "export", "run.py"))
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    out = tmp_path / "artifacts"
+    assert stage.main([checkpoint, "--out", str(out), "--modes", "float32", "dynamic",
+                       "--input-size", *map(str, SIZE)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["mode"] for e in manifest["artifacts"]] == ["float32", "dynamic"]
+    for entry in manifest["artifacts"]:
+        assert os.path.getsize(out / entry["artifact"]) == entry["size_bytes"] and 0 <= entry["miou"] <= 1
+    assert "| run_best_dynamic.tflite | dynamic |" in (out / "report.md").read_text()

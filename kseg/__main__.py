@@ -1,0 +1,3 @@
+from kseg.cli import main
+
+raise SystemExit(main())
