@@ -8,8 +8,16 @@ returns per-pixel logits of the same height and width.
 """
 
 from kseg.models import backbones, blocks
+from kseg.models.deeplabv3 import deeplabv3
 from kseg.models.deeplabv3plus import deeplabv3plus
+from kseg.models.fcn import fcn8s, fcn16s, fcn32s
+from kseg.models.hrnet import hrnet
+from kseg.models.refinenet import refinenet
 from kseg.models.registry import architecture, get, names, register
+from kseg.models.segnet import segnet
 from kseg.models.unet import unet
 
-__all__ = ["architecture", "backbones", "blocks", "deeplabv3plus", "get", "names", "register", "unet"]
+__all__ = [
+    "architecture", "backbones", "blocks", "deeplabv3", "deeplabv3plus", "fcn8s", "fcn16s", "fcn32s", "get",
+    "hrnet", "names", "refinenet", "register", "segnet", "unet",
+]

@@ -165,3 +165,118 @@ def pixel_input(input_shape, name="image"):
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
     return keras.Input(shape=tuple(input_shape), name=name)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class CropLike(layers.Layer):
+    """Crops `x` to the spatial size of `reference`, keeping the top-left corner: `CropLike()([x, ref])`.
+
+    FCN's learned upsampling overshoots odd sizes by a few pixels (ceil(h / 32) * 32 >= h); cropping,
+    unlike resizing, keeps the transposed convolution's alignment.
+    """
+
+    def call(self, inputs):
+        x, reference = inputs
+        height, width = ops.shape(reference)[1], ops.shape(reference)[2]
+        return x[:, :height, :width, :]
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[-1])
+
+
+def crop_like(x, reference, name=None):
+    """`x` cropped to `reference`'s size; a no-op (no layer) when the static sizes already agree."""
+    if None not in spatial_size(x) and spatial_size(x) == spatial_size(reference):
+        return x
+    return CropLike(name=name)([x, reference])
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class BilinearUpsampling(keras.initializers.Initializer):
+    """Initialises a `Conv2DTranspose` kernel (k, k, channels, channels) to per-channel bilinear
+    interpolation, as FCN does (Long et al. 2015, section 3.3); training may then refine it."""
+
+    def __call__(self, shape, dtype=None):
+        size, _, out_channels, in_channels = shape
+        factor = (size + 1) // 2
+        center = factor - 1 if size % 2 == 1 else factor - 0.5
+        ramp = 1 - ops.abs(ops.arange(size, dtype="float32") - center) / factor
+        kernel2d = ops.outer(ramp, ramp)
+        eye = ops.eye(out_channels, in_channels, dtype="float32")
+        return ops.cast(kernel2d[:, :, None, None] * eye[None, None], dtype or "float32")
+
+
+def learned_upsampling(x, filters, factor, name):
+    """FCN's learned upsampling: a transposed convolution with a 2*factor kernel, bilinear at start."""
+    return layers.Conv2DTranspose(
+        filters, 2 * factor, strides=factor, padding="same", use_bias=False,
+        kernel_initializer=BilinearUpsampling(), name=name,
+    )(x)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class MaxUnpooling2D(layers.Layer):
+    """SegNet's unpooling: `MaxUnpooling2D()([x, before_pool])` places each value of `x` at the
+    position of its 2x2 window where the encoder's max pool found the maximum, zeros elsewhere.
+
+    `tf.nn.max_pool_with_argmax` is no LiteRT builtin, so the pooling indices are recomputed from the
+    tensor before pooling: an ARG_MAX over each window's four positions (first maximum wins, as in
+    argmax pooling), compared with the position numbers as integers, so int8 rounding cannot make
+    two positions win. Lowers to builtins only (ARG_MAX, EQUAL, MUL, RESHAPE, TRANSPOSE).
+    """
+
+    def call(self, inputs):
+        x, before_pool = inputs
+        batch, height, width, channels = (ops.shape(before_pool)[i] for i in range(4))
+        pooled_height, pooled_width = ops.shape(x)[1], ops.shape(x)[2]
+        # "Same" pooling of an odd size pads the bottom/right; mirroring the last row/column there
+        # means a padded position can tie with the maximum only after its real twin.
+        pad_rows, pad_columns = 2 * pooled_height - height, 2 * pooled_width - width
+        padded = ops.pad(before_pool, [[0, 0], [0, pad_rows], [0, pad_columns], [0, 0]], mode="symmetric")
+        windows = ops.reshape(padded, (batch, pooled_height, 2, pooled_width, 2, channels))
+        windows = ops.transpose(windows, (0, 1, 3, 2, 4, 5))
+        windows = ops.reshape(windows, (batch, pooled_height * pooled_width, 4, channels))
+        winner = ops.expand_dims(_argmax(windows, axis=2), 2)
+        positions = ops.reshape(ops.arange(4, dtype=winner.dtype), (1, 1, 4, 1))
+        mask = ops.cast(ops.equal(winner, positions), x.dtype)
+        values = mask * ops.reshape(x, (batch, pooled_height * pooled_width, 1, channels))
+        values = ops.reshape(values, (batch, pooled_height, pooled_width, 2, 2, channels))
+        values = ops.transpose(values, (0, 1, 3, 2, 4, 5))
+        values = ops.reshape(values, (batch, 2 * pooled_height, 2 * pooled_width, channels))
+        return values[:, :height, :width, :]
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, before_shape = input_shapes
+        return (x_shape[0], before_shape[1], before_shape[2], x_shape[-1])
+
+
+def _argmax(x, axis):
+    # keras.ops.argmax wraps TensorFlow's in a -0.0 fix made of bitwise ops, which LiteRT lacks.
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.argmax(x, axis=axis, output_type="int32")
+    return ops.argmax(x, axis=axis)
+
+
+def residual_conv_unit(x, filters, name):
+    """RefineNet's RCU (Lin et al. 2017, figure 3b): ReLU-conv3x3-ReLU-conv3x3 plus the input, no BN."""
+    shortcut = x
+    x = layers.ReLU(name=f"{name}_relu1")(x)
+    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv1")(x)
+    x = layers.ReLU(name=f"{name}_relu2")(x)
+    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv2")(x)
+    return layers.Add(name=f"{name}_add")([shortcut, x])
+
+
+def chained_residual_pooling(x, filters, stages=2, name="crp"):
+    """RefineNet's chained residual pooling (figure 3d): ReLU, then a chain of 5x5 max pool (stride 1)
+    and 3x3 conv whose every output is added back, capturing context from growing windows."""
+    x = layers.ReLU(name=f"{name}_relu")(x)
+    path, total = x, x
+    for i in range(stages):
+        path = layers.MaxPooling2D(5, strides=1, padding="same", name=f"{name}_pool{i}")(path)
+        path = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(path)
+        total = layers.Add(name=f"{name}_add{i}")([total, path])
+    return total

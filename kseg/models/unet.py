@@ -7,7 +7,7 @@
 import keras
 from keras import layers
 
-from kseg.models import blocks
+from kseg.models import backbones, blocks
 from kseg.models.registry import register
 
 UPSAMPLING = ("bilinear", "nearest", "transpose")
@@ -22,6 +22,9 @@ def unet(
     norm="batch",
     upsampling="bilinear",
     dropout=0.0,
+    backbone=None,
+    backbone_weights=None,
+    backbone_kwargs=None,
     name="unet",
 ):
     """Builds a U-Net: `depth` down-sampling levels, a bottleneck, and a mirrored decoder with skips.
@@ -35,12 +38,20 @@ def unet(
         norm: "batch" (default), "group", "layer" or "none" (the paper predates batch normalisation).
         upsampling: "bilinear" or "nearest" resize, or "transpose" (the paper's learned 2x2 up-convolution).
         dropout: dropout rate at the bottleneck (the paper uses 0.5 there).
+        backbone: None for the paper's encoder, or a registry backbone (e.g. "resnet50") whose
+            stride 2 to 32 features become the skips; the decoder then has five levels of `filters` *
+            (16, 8, 4, 2, 1) channels, the last one at full resolution.
+        backbone_weights: None, "imagenet" or a weights file, for a registry backbone.
+        backbone_kwargs: options of the registry backbone, e.g. {"alpha": 0.5}.
     """
     if upsampling not in UPSAMPLING:
         raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth!r}")
     pixels = blocks.pixel_input(input_shape)
+    if backbone is not None:
+        return _backbone_unet(num_classes, pixels, filters, norm, upsampling, backbone, backbone_weights,
+                              backbone_kwargs, name)
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")(pixels)
 
     skips = []
@@ -53,17 +64,31 @@ def unet(
         x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
 
     for level in reversed(range(depth)):
-        skip, level_filters = skips[level], filters * 2**level
-        if upsampling == "transpose":
-            x = layers.Conv2DTranspose(level_filters, 2, strides=2, name=f"decoder{level}_upconv")(x)
-            x = blocks.resize_like(x, skip, "nearest", name=f"decoder{level}_fit")
-        else:
-            x = blocks.resize_like(x, skip, upsampling, name=f"decoder{level}_upsample")
-        x = layers.Concatenate(name=f"decoder{level}_concat")([skip, x])
-        x = _double_conv(x, level_filters, norm, f"decoder{level}")
-
+        x = _decoder_level(x, skips[level], filters * 2**level, norm, upsampling, f"decoder{level}")
     logits = blocks.classifier(x, num_classes)
     return keras.Model(pixels, logits, name=name)
+
+
+def _backbone_unet(num_classes, pixels, filters, norm, upsampling, backbone, weights, backbone_kwargs, name):
+    features = backbones.build(backbone, pixels, output_stride=32, weights=weights, **(backbone_kwargs or {}))
+    x = features[32]
+    for level, stride in enumerate((16, 8, 4, 2)):
+        x = _decoder_level(x, features[stride], filters * 2 ** (4 - level), norm, upsampling, f"decoder_stride{stride}")
+    x = _decoder_level(x, pixels, filters, norm, upsampling, "decoder_stride1", concat=False)
+    logits = blocks.classifier(x, num_classes)
+    return keras.Model(pixels, logits, name=name)
+
+
+def _decoder_level(x, skip, filters, norm, upsampling, name, concat=True):
+    """Upsample `x` to `skip`'s size, concatenate `skip` (unless `concat` is False), then two convs."""
+    if upsampling == "transpose":
+        x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_upconv")(x)
+        x = blocks.resize_like(x, skip, "nearest", name=f"{name}_fit")
+    else:
+        x = blocks.resize_like(x, skip, upsampling, name=f"{name}_upsample")
+    if concat:
+        x = layers.Concatenate(name=f"{name}_concat")([skip, x])
+    return _double_conv(x, filters, norm, name)
 
 
 def _double_conv(x, filters, norm, name):

@@ -1,0 +1,56 @@
+"""DeepLabV3 (Chen, Papandreou, Schroff, Adam 2017, "Rethinking Atrous Convolution for Semantic
+Image Segmentation", arXiv:1706.05587).
+
+    model = kseg.models.deeplabv3(num_classes=21, input_shape=(513, 513, 3), backbone="resnet50")
+    model(numpy.zeros((1, 513, 513, 3))).shape  # (1, 513, 513, 21)
+"""
+
+import keras
+
+from kseg.models import backbones, blocks
+from kseg.models.registry import register
+
+DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
+
+
+@register(
+    "deeplabv3",
+    paper="Chen et al. 2017, arXiv:1706.05587",
+    tiny={"backbone": "mobilenetv2", "backbone_kwargs": {"alpha": 0.35}, "aspp_filters": 32, "output_stride": 8},
+)
+def deeplabv3(
+    num_classes,
+    input_shape=(None, None, 3),
+    backbone="resnet50",
+    output_stride=16,
+    backbone_weights=None,
+    backbone_kwargs=None,
+    atrous_rates=None,
+    aspp_filters=256,
+    dropout=0.1,
+    name="deeplabv3",
+):
+    """Builds DeepLabV3: an atrous backbone (output stride 8 or 16) and ASPP with image-level pooling,
+    then a 1x1 classifier whose logits are upsampled bilinearly to the input size.
+
+    Args:
+        num_classes: output channels (per-class logits).
+        input_shape: (height, width, 3) RGB pixels in [0, 255]; any size, odd too.
+        backbone: a name from `kseg.models.backbones.names()` (ResNet-50/101 in the paper).
+        output_stride: 8 or 16; strides beyond it become atrous convolutions.
+        backbone_weights: None, "imagenet" or a path to a `keras.applications` weights file.
+        backbone_kwargs: backbone options, e.g. {"alpha": 0.5} for a narrower MobileNetV2.
+        atrous_rates: ASPP rates; (6, 12, 18) at output stride 16 and (12, 24, 36) at 8, as in the paper.
+        aspp_filters: channels of every ASPP branch and of its projection (256 in the paper).
+        dropout: after the ASPP projection.
+    """
+    if output_stride not in DEFAULT_RATES:
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
+    pixels = blocks.pixel_input(input_shape)
+    features = backbones.build(backbone, pixels, output_stride=output_stride, weights=backbone_weights,
+                               **(backbone_kwargs or {}))
+    rates = tuple(atrous_rates or DEFAULT_RATES[output_stride])
+    x = blocks.aspp(features[output_stride], aspp_filters, rates, separable=False, dropout=dropout)
+    logits = blocks.classifier(x, num_classes)
+    logits = blocks.resize_like(logits, pixels, name="logits")
+    return keras.Model(pixels, logits, name=name)

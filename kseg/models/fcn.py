@@ -1,0 +1,85 @@
+"""FCN-32s, FCN-16s and FCN-8s (Long, Shelhamer, Darrell 2015, "Fully Convolutional Networks for
+Semantic Segmentation", arXiv:1411.4038).
+
+    model = kseg.models.fcn8s(num_classes=21, input_shape=(250, 333, 3))
+    model(numpy.zeros((1, 250, 333, 3))).shape  # (1, 250, 333, 21)
+"""
+
+import keras
+from keras import layers
+
+from kseg.models import backbones, blocks
+from kseg.models.registry import register
+
+_TINY = {"backbone": "vgg16_bn", "backbone_kwargs": {"width": 0.125}, "fc_filters": 64, "dropout": 0.0}
+
+
+def fcn(
+    num_classes,
+    input_shape=(None, None, 3),
+    skips=(16, 8),
+    backbone="vgg16",
+    backbone_weights=None,
+    backbone_kwargs=None,
+    fc_filters=4096,
+    dropout=0.5,
+    name="fcn",
+):
+    """Builds an FCN: VGG16 with fc6/fc7 as convolutions, a class score at stride 32, and learned 2x
+    upsamplings that fuse scores of pool4 (stride 16) and pool3 (stride 8) before the final upsampling.
+
+    Args:
+        num_classes: output channels (per-class logits).
+        input_shape: (height, width, 3) RGB pixels in [0, 255]; any size (the output is cropped to it).
+        skips: strides whose pool features are fused: () is FCN-32s, (16,) FCN-16s, (16, 8) FCN-8s.
+        backbone: a registry backbone with features at stride 32 and at every skip stride.
+        backbone_weights: None, "imagenet" or a path to a `keras.applications` weights file.
+        backbone_kwargs: backbone options (e.g. {"width": 0.25} for a narrow VGG16).
+        fc_filters: channels of fc6 (7x7) and fc7 (1x1); 4096 in the paper.
+        dropout: after fc6 and fc7, as in the paper.
+
+    Upsampling is `Conv2DTranspose` initialised to bilinear interpolation (trainable); the paper's
+    100-pixel input padding is replaced by "same" convolutions and a crop to the input size.
+    """
+    pixels = blocks.pixel_input(input_shape)
+    features = backbones.build(backbone, pixels, output_stride=32, weights=backbone_weights,
+                               **(backbone_kwargs or {}))
+    x = blocks.conv_bn_act(features[32], fc_filters, 7, norm=None, name="fc6")
+    x = layers.Dropout(dropout, name="fc6_dropout")(x)
+    x = blocks.conv_bn_act(x, fc_filters, 1, norm=None, name="fc7")
+    x = layers.Dropout(dropout, name="fc7_dropout")(x)
+    scores = layers.Conv2D(num_classes, 1, name="score_fr")(x)
+
+    stride = 32
+    for skip in skips:
+        up = blocks.learned_upsampling(scores, num_classes, stride // skip, name=f"upscore_to{skip}")
+        # Zero-initialised skip scores: training starts from the coarser net's prediction (paper, 4.2).
+        skip_scores = layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=f"score_pool{skip}")(
+            features[skip])
+        scores = layers.Add(name=f"fuse_pool{skip}")([blocks.crop_like(up, skip_scores, f"crop_to{skip}"),
+                                                      skip_scores])
+        stride = skip
+    logits = blocks.learned_upsampling(scores, num_classes, stride, name="upscore_final")
+    logits = blocks.crop_like(logits, pixels, name="logits")
+    return keras.Model(pixels, logits, name=name)
+
+
+_PAPER = "Long et al. 2015, arXiv:1411.4038"
+
+
+@register("fcn32s", paper=_PAPER, tiny=_TINY)
+def fcn32s(num_classes, input_shape=(None, None, 3), **kwargs):
+    """FCN-32s: the stride-32 scores upsampled 32x in one step. Arguments as `fcn`, less `skips`."""
+    return fcn(num_classes, input_shape, skips=(), **{"name": "fcn32s", **kwargs})
+
+
+@register("fcn16s", paper=_PAPER, tiny=_TINY)
+def fcn16s(num_classes, input_shape=(None, None, 3), **kwargs):
+    """FCN-16s: stride-32 scores fused with pool4's, then upsampled 16x. Arguments as `fcn`, less `skips`."""
+    return fcn(num_classes, input_shape, skips=(16,), **{"name": "fcn16s", **kwargs})
+
+
+@register("fcn8s", paper=_PAPER, tiny=_TINY)
+def fcn8s(num_classes, input_shape=(None, None, 3), **kwargs):
+    """FCN-8s: scores fused with pool4's and pool3's, then upsampled 8x. Arguments as `fcn`, less `skips`."""
+    return fcn(num_classes, input_shape, skips=(16, 8), **{"name": "fcn8s", **kwargs})
