@@ -16,7 +16,7 @@ from kseg.errors import KsegError
 
 __version__ = "0.1.0"
 
-_LAZY = ("data", "training", "evaluation", "export", "bench", "demo", "viz")
+_LAZY = ("data", "training", "evaluation", "export", "quantization", "study", "bench", "complexity", "demo", "viz")
 
 
 def __getattr__(name):

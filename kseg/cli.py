@@ -99,28 +99,57 @@ def cmd_predict(args):
         print(f"{path} -> {os.path.join(args.out, stem)}.png, {stem}_overlay.jpg")
 
 
-def cmd_export(args):
-    import kseg
-    from kseg import evaluation, export
+def _study_config(args, **overrides):
+    from kseg import study
 
-    model = evaluation.KerasPredictor(args.model).model
-    stem = os.path.join(args.out, os.path.splitext(os.path.basename(args.model))[0])
+    return study.StudyConfig(num_calibration=args.num_calibration, qat_steps=args.qat_steps,
+                             qat_learning_rate=args.qat_lr, sparsity=args.sparsity, prune_epochs=args.prune_epochs,
+                             batch_size=args.batch_size, **overrides)
+
+
+def _export_input_size(args, model):
+    import kseg
+
     fixed = tuple(model.input_shape[1:3])
     input_size = args.input_size or (fixed if None not in fixed else None)
     if input_size is None:
         raise kseg.KsegError(f"{args.model} takes any size: pass --input-size for the exported model")
-    calibration = None
-    if any(mode in ("int8", "int16x8") for mode in args.modes):
-        calibration = kseg.data.load(args.calibration_data, "train", num_classes=args.num_classes)
+    return input_size
+
+
+def cmd_export(args):
+    import kseg
+    from kseg import evaluation, export, study
+
+    model = evaluation.KerasPredictor(args.model).model
+    stem = os.path.join(args.out, os.path.splitext(os.path.basename(args.model))[0])
+    input_size = _export_input_size(args, model)
+    needs_data = any(mode not in ("float32", "float16", "dynamic") for mode in args.modes)
+    train = kseg.data.load(args.calibration_data, "train", num_classes=args.num_classes) if needs_data else None
     if args.savedmodel:
         print(f"{export.save_savedmodel(model, stem + '_savedmodel')}")
+    config = _study_config(args)
     for mode in args.modes:
         path = f"{stem}_{mode}.tflite"
-        info = export.to_litert(model, path, mode=mode, input_size=input_size, calibration=calibration,
-                                output=args.output, num_calibration=args.num_calibration,
-                                class_names=calibration.class_names if calibration else None, source=args.model)
-        print(f"{path}: {info['size_bytes'] / 1e6:.2f} MB, input {info['input']['dtype']}, "
+        info = study.export_mode(model, path, mode, input_size, train, source=args.model, config=config,
+                                 output=args.output, io_dtype=args.io_dtype)
+        extra = f", sparsity {info['sparsity']:.2f}, gzip {info['gzip_bytes'] / 1e6:.2f} MB" if "sparsity" in info else ""
+        print(f"{path}: {info['size_bytes'] / 1e6:.2f} MB{extra}, input {info['input']['dtype']}, "
               f"output {args.output} {info['output']['dtype']}; sidecar {path}.json")
+
+
+def cmd_quantize_study(args):
+    import kseg
+    from kseg import evaluation, study
+
+    model = evaluation.KerasPredictor(args.model).model
+    input_size = _export_input_size(args, model)
+    train = kseg.data.load(args.data, "train", num_classes=args.num_classes)
+    val = kseg.data.load(args.data, args.split, num_classes=args.num_classes)
+    config = _study_config(args, modes=tuple(args.modes), threads=tuple(args.threads), runs=args.runs,
+                           sensitivity=args.sensitivity)
+    study.run(args.model, train, val, args.out, input_size, config)
+    print(f"report: {os.path.join(args.out, 'study.md')}")
 
 
 def cmd_bench(args):
@@ -191,6 +220,18 @@ def cmd_models(args):
     print(f"\nbackbones: {', '.join(kseg.models.backbones.names())}")
 
 
+EXPORT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8", "qat_int8", "pruned_float32", "pruned_int8")
+
+
+def _add_fine_tuning_args(c):
+    c.add_argument("--num-calibration", type=int, default=100, help="images that calibrate int8 ranges")
+    c.add_argument("--qat-steps", type=int, help="quantization-aware training steps (default: one epoch)")
+    c.add_argument("--qat-lr", type=float, default=1e-4)
+    c.add_argument("--sparsity", type=float, default=0.5, help="pruned_* modes: share of zero weights")
+    c.add_argument("--prune-epochs", type=int, default=2)
+    c.add_argument("--batch-size", type=int, default=8, help="QAT and pruning batch size")
+
+
 def parser():
     p = argparse.ArgumentParser(prog="kseg", description="Keras 3 semantic segmentation to LiteRT.")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -240,19 +281,36 @@ def parser():
     c.add_argument("--threads", type=int, default=2)
     c.set_defaults(func=cmd_predict)
 
-    c = commands.add_parser("export", help="SavedModel and LiteRT (float32, float16, dynamic, int8, int16x8)")
+    c = commands.add_parser("export", help="SavedModel and LiteRT: post-training, QAT and pruned modes")
     c.add_argument("model", help="a .keras file")
     c.add_argument("--out", required=True, help="output folder")
-    c.add_argument("--modes", nargs="+", default=["float32", "int8"],
-                   choices=["float32", "float16", "dynamic", "int8", "int16x8"])
+    c.add_argument("--modes", nargs="+", default=["float32", "int8"], choices=list(EXPORT_MODES),
+                   help="float32 float16 dynamic int8 int16x8 (post-training), qat_int8 (quantization-aware "
+                        "training), pruned_<mode> (magnitude pruning, then <mode>)")
     c.add_argument("--input-size", type=_pair, help="input size of the exported model, e.g. 257x257")
     c.add_argument("--output", default="logits", choices=["logits", "labels"],
                    help="logits, or a uint8 label map (argmax inside the graph)")
-    c.add_argument("--calibration-data", default="synthetic", help="data for int8 calibration (its train split)")
-    c.add_argument("--num-calibration", type=int, default=100)
+    c.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8"], help="int8 models' input/output type")
+    c.add_argument("--calibration-data", default="synthetic",
+                   help="its train split calibrates int8 and fine-tunes QAT and pruning")
     c.add_argument("--num-classes", type=int)
     c.add_argument("--savedmodel", action="store_true", help="also write a SavedModel")
+    _add_fine_tuning_args(c)
     c.set_defaults(func=cmd_export)
+
+    c = commands.add_parser("quantize-study", help="every quantization mode side by side: size, latency, mIoU")
+    c.add_argument("model", help="a trained .keras file")
+    c.add_argument("--data", default="synthetic", help="train split: calibration and fine-tuning; --split: scores")
+    c.add_argument("--split", default="val")
+    c.add_argument("--out", required=True, help="folder for the artifacts, study.md, study.json and study.png")
+    c.add_argument("--modes", nargs="+", default=list(EXPORT_MODES), choices=list(EXPORT_MODES))
+    c.add_argument("--input-size", type=_pair, help="input size of the exported models, e.g. 257x257")
+    c.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    c.add_argument("--runs", type=int, default=20, help="timed runs per artifact and thread count")
+    c.add_argument("--sensitivity", action="store_true", help="also rank layers by their int8 error")
+    c.add_argument("--num-classes", type=int)
+    _add_fine_tuning_args(c)
+    c.set_defaults(func=cmd_quantize_study)
 
     c = commands.add_parser("bench", help="latency (mean, p50, p90) and size of .tflite / .keras files")
     c.add_argument("artifacts", nargs="+")

@@ -69,17 +69,15 @@ def calibration_images(split, input_size, count=100, seed=0):
     return images
 
 
-def to_litert(model, path, mode="float32", input_size=(257, 257), calibration=None, output="logits",
-              num_calibration=100, class_names=None, source=None):
-    """Converts a Keras model to a builtins-only LiteRT file (written atomically); returns the sidecar dict.
-
-    `calibration`: a `kseg.data.Split` or a list of float32 (1, H, W, 3) arrays, needed by "int8"
-    and "int16x8".
-    """
+def litert_converter(model, mode="float32", input_size=(257, 257), calibration=None, output="logits",
+                     num_calibration=100, io_dtype="uint8"):
+    """A `tf.lite.TFLiteConverter` set up for `mode` with builtin ops only (what `to_litert` runs)."""
     if mode not in MODES:
         raise KsegError(f"unknown export mode {mode!r}; available: {', '.join(MODES)}")
     if output not in OUTPUTS:
         raise KsegError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if io_dtype not in ("uint8", "int8"):
+        raise KsegError(f"io_dtype must be 'uint8' or 'int8', got {io_dtype!r}")
     input_size = tuple(int(s) for s in input_size)
     serve = _serving_function(model, input_size, output).get_concrete_function()
     # Freeze the weights ourselves: handing the converter the model as trackable object can leave
@@ -99,19 +97,32 @@ def to_litert(model, path, mode="float32", input_size=(257, 257), calibration=No
         converter.representative_dataset = lambda: ([image] for image in images)
         if mode == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8
+            converter.inference_input_type = tf.as_dtype(io_dtype)
             if output == "logits":
-                converter.inference_output_type = tf.uint8
+                converter.inference_output_type = tf.as_dtype(io_dtype)
         else:
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
             ]
+    return converter
+
+
+def to_litert(model, path, mode="float32", input_size=(257, 257), calibration=None, output="logits",
+              num_calibration=100, class_names=None, source=None, io_dtype="uint8"):
+    """Converts a Keras model to a builtins-only LiteRT file (written atomically); returns the sidecar dict.
+
+    `calibration`: a `kseg.data.Split` or a list of float32 (1, H, W, 3) arrays, needed by "int8"
+    and "int16x8". `io_dtype`: the int8 model's input and output type, "uint8" (raw pixels: scale 1,
+    zero point 0) or "int8" (pixels - 128: scale 1, zero point -128).
+    """
+    converter = litert_converter(model, mode, input_size, calibration, output, num_calibration, io_dtype)
     try:
         flatbuffer = converter.convert()
     except Exception as error:  # ConverterError carries MLIR diagnostics: keep the op names only
         raise _conversion_error(model, mode, error) from None
     _write_atomic(path, flatbuffer)
 
+    input_size = tuple(int(s) for s in input_size)
     runner = LiteRTModel(path)
     info = {
         "format": "litert",

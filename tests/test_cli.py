@@ -40,7 +40,7 @@ def run_dir(data, tmp_path_factory):
 def test_help_lists_every_command():
     result = kseg("--help")
     assert result.returncode == 0
-    for command in ("demo", "train", "evaluate", "predict", "export", "bench", "data", "models"):
+    for command in ("demo", "train", "evaluate", "predict", "export", "quantize-study", "bench", "data", "models"):
         assert f"    {command}" in result.stdout
 
 
@@ -160,3 +160,47 @@ def test_demo_quick_writes_the_report(tmp_path):
         assert os.path.getsize(out / picture) > 1000
     results = json.loads((out / "results.json").read_text())
     assert set(results["artifacts"]) == {"keras", "float32", "int8"}
+
+
+def test_export_qat_and_pruned_modes(run_dir, data, tmp_path, capsys):
+    assert main(["export", str(run_dir / "best.keras"), "--out", str(tmp_path), "--input-size", "32",
+                 "--modes", "qat_int8", "pruned_float32", "--calibration-data", str(data), "--qat-steps", "2",
+                 "--sparsity", "0.6", "--prune-epochs", "2", "--batch-size", "4"]) == 0
+    assert "sparsity 0.60" in capsys.readouterr().out
+    qat = json.loads((tmp_path / "best_qat_int8.tflite.json").read_text())
+    assert qat["training"] == "qat" and qat["input"]["dtype"] == "uint8"
+    assert not [op for op in qat["ops"] if op.startswith("FLEX") or op == "DELEGATE"]
+    pruned = json.loads((tmp_path / "best_pruned_float32.tflite.json").read_text())
+    assert abs(pruned["sparsity"] - 0.6) < 0.02 and pruned["gzip_bytes"] < pruned["size_bytes"]
+
+
+def test_int8_with_int8_io(run_dir, data, tmp_path):
+    assert main(["export", str(run_dir / "best.keras"), "--out", str(tmp_path), "--input-size", "32",
+                 "--modes", "int8", "--io-dtype", "int8", "--calibration-data", str(data)]) == 0
+    info = json.loads((tmp_path / "best_int8.tflite.json").read_text())
+    assert info["input"]["dtype"] == "int8" and info["input"]["quantization"] == {"scale": 1.0, "zero_point": -128}
+    assert main(["evaluate", str(tmp_path / "best_int8.tflite"), "--data", str(data)]) == 0
+
+
+def test_quantize_study_writes_table_plot_and_sensitivity(run_dir, data, tmp_path):
+    out = tmp_path / "study"
+    assert main(["quantize-study", str(run_dir / "best.keras"), "--data", str(data), "--out", str(out),
+                 "--input-size", "32", "--modes", "float32", "float16", "int8", "int16x8", "qat_int8",
+                 "pruned_int8", "--threads", "1", "--runs", "2", "--qat-steps", "2", "--prune-epochs", "1",
+                 "--batch-size", "4", "--num-calibration", "8", "--sensitivity"]) == 0
+    result = json.loads((out / "study.json").read_text())
+    rows = {row["mode"]: row for row in result["rows"]}
+    assert list(rows) == ["float32", "float16", "int8", "int16x8", "qat_int8", "pruned_int8"]
+    assert rows["float32"]["agreement"] == 1.0 and rows["float32"]["miou_drop"] == 0.0
+    assert rows["int8"]["size_bytes"] < rows["float16"]["size_bytes"] < rows["float32"]["size_bytes"]
+    for row in rows.values():
+        assert 0 <= row["agreement"] <= 1 and row["latency_ms"]["1"] > 0 and 0 <= row["miou"] <= 1
+    assert result["sensitivity"] and result["sensitivity"][0]["rmse_over_scale"] >= result["sensitivity"][-1][
+        "rmse_over_scale"]
+    assert "| qat_int8 |" in (out / "study.md").read_text() and os.path.getsize(out / "study.png") > 1000
+
+
+def test_cli_export_modes_are_the_study_modes():
+    from kseg import cli, study
+
+    assert tuple(cli.EXPORT_MODES) == study.MODES
