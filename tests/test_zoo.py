@@ -86,6 +86,7 @@ PAPER_PARAMETERS = [
     ("segnet", {}, 29.5e6),  # SegNet paper, table 6 (VGG16 encoder-decoder: 29.5 M)
     ("fcn8s", {}, 134.3e6),  # torchvision-era FCN-8s VGG16 (caffe model: 134 M)
     ("deeplabv3", {}, 39.6e6),  # torchvision deeplabv3_resnet50 without its auxiliary head
+    ("refinenet", {"pooling_stages": 4}, 118.1e6),  # RefineNet-101 as released (Nekrasov et al. 2018: 118 M)
 ]
 
 

@@ -24,6 +24,7 @@ def refinenet(
     backbone_weights=None,
     backbone_kwargs=None,
     filters=(512, 256, 256, 256),
+    pooling_stages=2,
     dropout=0.5,
     name="refinenet",
 ):
@@ -38,6 +39,8 @@ def refinenet(
         backbone_weights: None, "imagenet" or a path to a `keras.applications` weights file.
         backbone_kwargs: backbone options.
         filters: channels of RefineNet-4, -3, -2 and -1 (512, 256, 256, 256 in the paper).
+        pooling_stages: pool-conv stages of each chained residual pooling: 2 in the paper's figure 3,
+            4 in the authors' released code (RefineNet-101 then has about 118 M parameters).
         dropout: before the final classifier.
 
     As in the paper, the refinement path has no batch normalisation, so it exports to LiteRT as
@@ -55,7 +58,7 @@ def refinenet(
         feature = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"refine{block}_adapt")(
             features[stride])
         inputs = [feature] if x is None else [feature, x]
-        x = refine_block(inputs, width, name=f"refine{block}")
+        x = refine_block(inputs, width, pooling_stages, name=f"refine{block}")
     x = blocks.residual_conv_unit(x, filters[-1], name="head_rcu1")
     x = blocks.residual_conv_unit(x, filters[-1], name="head_rcu2")
     x = layers.Dropout(dropout, name="head_dropout")(x)
@@ -64,7 +67,7 @@ def refinenet(
     return keras.Model(pixels, logits, name=name)
 
 
-def refine_block(inputs, filters, name):
+def refine_block(inputs, filters, pooling_stages=2, name="refine"):
     """A RefineNet block (figure 3): 2 RCUs per input, multi-resolution fusion, chained residual
     pooling and an output RCU. `inputs[0]` is the finest input; the others are resized to it."""
     paths = []
@@ -80,5 +83,5 @@ def refine_block(inputs, filters, name):
         x = layers.Add(name=f"{name}_fuse")(fused)
     else:
         x = paths[0]
-    x = blocks.chained_residual_pooling(x, filters, name=f"{name}_crp")
+    x = blocks.chained_residual_pooling(x, filters, pooling_stages, name=f"{name}_crp")
     return blocks.residual_conv_unit(x, filters, name=f"{name}_output_rcu")
