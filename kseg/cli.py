@@ -226,7 +226,8 @@ EXPORT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8", "qat_int8", 
 def _add_fine_tuning_args(c):
     c.add_argument("--num-calibration", type=int, default=100, help="images that calibrate int8 ranges")
     c.add_argument("--qat-steps", type=int, help="quantization-aware training steps (default: one epoch)")
-    c.add_argument("--qat-lr", type=float, default=1e-4)
+    c.add_argument("--qat-lr", type=float, default=1e-5,
+                   help="QAT learning rate: small, so the model adapts to quantization without drifting")
     c.add_argument("--sparsity", type=float, default=0.5, help="pruned_* modes: share of zero weights")
     c.add_argument("--prune-epochs", type=int, default=2)
     c.add_argument("--batch-size", type=int, default=8, help="QAT and pruning batch size")

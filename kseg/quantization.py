@@ -487,7 +487,7 @@ def initialise_ranges(qat_model, twin, images):
 
 
 def quantization_aware_training(model, train_split, input_size=None, epochs=1, steps=None, batch_size=8,
-                                learning_rate=1e-4, loss=None, num_calibration=16, freeze_batch_norm=True,
+                                learning_rate=1e-5, loss=None, num_calibration=16, freeze_batch_norm=True,
                                 callbacks=None, verbose=0, run_eagerly=False):
     """Fine-tunes a Keras 3 kseg model with fake quantization; returns the QAT tf_keras model.
 
@@ -611,7 +611,7 @@ def export_tf_keras(tf_keras_model, path, mode="float32", input_size=None, calib
     return info
 
 
-def qat_to_litert(model, path, train_split, input_size=None, epochs=1, steps=None, batch_size=8, learning_rate=1e-4,
+def qat_to_litert(model, path, train_split, input_size=None, epochs=1, steps=None, batch_size=8, learning_rate=1e-5,
                   output="logits", num_calibration=100, class_names=None, source=None, verbose=0, **options):
     """Quantization-aware training, then a full-int8 LiteRT file (uint8 I/O); returns the sidecar dict.
 

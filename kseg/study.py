@@ -33,7 +33,7 @@ class StudyConfig:
     runs: int = 20
     num_calibration: int = 100
     qat_steps: int | None = None  # None: one pass over the training split
-    qat_learning_rate: float = 1e-4
+    qat_learning_rate: float = 1e-5
     sparsity: float = 0.5
     prune_epochs: int = 2
     batch_size: int = 8
