@@ -126,6 +126,8 @@ def build_and_compile(config, num_classes, total_steps):
         loss=loss,
         metrics=[kseg.metrics.SegmentationMetrics(metric_classes)],
     )
+    # Optimizer variables made now, not inside the first traced step: TensorFlow would trace it twice.
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
