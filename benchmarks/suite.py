@@ -159,25 +159,6 @@ def build_keras_hub(backbone, input_shape):
 # Measurements (run inside a worker) ---------------------------------------------------------------
 
 
-def stats(times_ms):
-    import numpy as np
-
-    times = np.asarray(times_ms)
-    return {"mean_ms": float(times.mean()), "p50_ms": float(np.median(times)), "min_ms": float(times.min()),
-            "runs": len(times)}
-
-
-def timed(run, warmup, runs):
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return stats(times)
-
-
 def matmul_rate(backend, reps, n=2048):
     """fp32 n x n matmul GFLOP/s (2 n^3 FLOPs, i.e. n^3 MACs), median of `reps` after one warm-up."""
     import numpy as np
@@ -198,7 +179,9 @@ def matmul_rate(backend, reps, n=2048):
         ja, jb = jnp.asarray(a), jnp.asarray(b)
         matmul = jax.jit(jnp.matmul)
         run = lambda: matmul(ja, jb).block_until_ready()  # noqa: E731
-    result = timed(run, 1, reps)
+    from kseg.bench import time_calls
+
+    result = time_calls(run, 1, reps)
     flops = 2 * n**3
     return {"gflops_p50": flops / result["p50_ms"] / 1e6, "gflops_best": flops / result["min_ms"] / 1e6,
             "n": n, "reps": reps}
@@ -232,7 +215,9 @@ def keras_latency(model, size, runs):
     start = time.perf_counter()
     predict(image)
     first = time.perf_counter() - start
-    return {**timed(lambda: predict(image), 2, runs), "first_call_s": first}
+    from kseg.bench import time_calls
+
+    return {**time_calls(lambda: predict(image), 2, runs), "first_call_s": first}
 
 
 def training_throughput(model, size, batch, steps):
