@@ -180,6 +180,12 @@ register_twin("ReverseChannels")(keras3_call_twin)  # kseg.models.backbones: RGB
 register_twin("MaxUnpooling2D")(keras3_call_twin)  # kseg.models.blocks: SegNet's unpooling (builtins only)
 
 
+@register_twin("BatchNormalization")
+def _batch_norm_twin(layer, args, kwargs):
+    """keras.layers.BatchNormalization and kseg's (which only trains faster) both become tf_keras's."""
+    return _same_name_twin(layer, args, kwargs, subclasses=True)
+
+
 # ------------------------------------------------------------------------------------------------
 # The bridge
 
@@ -279,11 +285,17 @@ def _rebuild(model, input_size):
     return twin, pairs, probes
 
 
-def _same_name_twin(layer, args, kwargs):
-    """The tf_keras layer of the same class name, for layers of `keras.layers` itself (else None)."""
+def _same_name_twin(layer, args, kwargs, subclasses=False):
+    """The tf_keras layer of the same class name, for layers of `keras.layers` itself (else None).
+
+    `subclasses=True` also takes subclasses that keep their parent's config and weights.
+    """
     class_name = type(layer).__name__
     cls = getattr(tf_keras.layers, class_name, None)
-    if getattr(keras.layers, class_name, None) is not type(layer) or not isinstance(cls, type):
+    parent = getattr(keras.layers, class_name, None)
+    exact = parent is type(layer)
+    if not isinstance(cls, type) or not (exact or (subclasses and isinstance(parent, type)
+                                                   and isinstance(layer, parent))):
         return None
     accepted = _accepted_options(cls)
     # Initializers are dropped: the weights are copied, and custom ones (kseg's BilinearUpsampling) have

@@ -96,3 +96,35 @@ PAPER_PARAMETERS = [
 def test_parameter_counts_match_the_papers(name, kwargs, expected):
     count = kseg.models.get(name, 21, **kwargs).count_params()
     assert abs(count - expected) / expected < 0.03, f"{name}: {count / 1e6:.2f} M, expected {expected / 1e6:.1f} M"
+
+
+def test_kseg_batch_norm_trains_exactly_like_keras():
+    """kseg's BatchNormalization (TensorFlow's fused kernel in training) matches Keras's: outputs,
+    moving statistics, gradients, and a .keras round trip."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, (4, 9, 11, 5)).astype("float32")
+    reference, fused = keras.layers.BatchNormalization(momentum=0.9), blocks.BatchNormalization(momentum=0.9)
+    for layer in (reference, fused):
+        layer.build(x.shape)
+    weights = [rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()]
+    weights[3] = np.abs(weights[3])
+    reference.set_weights(weights)
+    fused.set_weights(weights)
+    for a, b in [(reference(x, training=True), fused(x, training=True)), (reference(x), fused(x))]:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5)
+    for a, b in zip(reference.get_weights(), fused.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        grads = []
+        for layer in (reference, fused):
+            with tf.GradientTape() as tape:
+                inputs = tf.constant(x)
+                tape.watch(inputs)
+                loss = tf.reduce_sum(layer(inputs, training=True) ** 2)
+            grads.append(tape.gradient(loss, [inputs, *layer.trainable_weights]))
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    model = kseg.models.get("unet", 2, tiny=True)
+    assert any(type(layer) is blocks.BatchNormalization for layer in model.layers)

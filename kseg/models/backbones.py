@@ -18,7 +18,7 @@ import keras
 from keras import layers, ops
 
 from kseg.errors import KsegError
-from kseg.models.blocks import BN_MOMENTUM, conv_bn_act
+from kseg.models.blocks import BN_MOMENTUM, BatchNormalization, conv_bn_act
 
 # Pixel normalisation of the ImageNet weights, per RGB channel in [0, 255] units: (x - mean) / std.
 TF_STYLE = {"mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5)}  # to [-1, 1]
@@ -71,7 +71,7 @@ class ReverseChannels(layers.Layer):
 
 
 def _batch_norm(name, epsilon=1e-3):
-    return layers.BatchNormalization(epsilon=epsilon, momentum=BN_MOMENTUM, name=name)
+    return BatchNormalization(epsilon=epsilon, momentum=BN_MOMENTUM, name=name)
 
 
 def _make_divisible(value, divisor=8):
