@@ -367,8 +367,12 @@ def _within(a, b, atol):
 
 
 def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].startswith("Exception encountered") and len(lines) > 1:  # Keras's wrapper: the cause is next
+        return f"{type(error).__name__}: {lines[1]}"[:300]
+    return lines[0][:300]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -439,9 +439,9 @@ def load_weights(name, backbone_model, weights, **options):
     left = [layer for layer in ours if layer.name not in by_name]
     our_names = {layer.name for layer in ours}
     spare = [layer for layer in theirs if layer.name not in our_names]
-    for kind in dict.fromkeys(type(layer) for layer in left):
-        mine = [layer for layer in left if type(layer) is kind]
-        twins = [layer for layer in spare if type(layer) is kind]
+    for kind in dict.fromkeys(type(layer).__name__ for layer in left):  # kseg's BatchNormalization too
+        mine = [layer for layer in left if type(layer).__name__ == kind]
+        twins = [layer for layer in spare if type(layer).__name__ == kind]
         if len(mine) != len(twins):
             raise KsegError(f"backbone layer {mine[0].name!r} has no counterpart in {spec.keras_application}")
         pairs += zip(mine, twins)
