@@ -41,12 +41,12 @@ def run(checkpoints, out, modes, input_size, data, threads=2, runs=20, config=No
             print(f"{path}: mIoU {100 * scores['miou']:.2f}, {latency['mean_ms']:.2f} ms, "
                   f"{info['size_bytes'] / 1e6:.2f} MB", flush=True)
     manifest = {"input_size": list(input_size), "data": data, "artifacts": entries}
-    export._write_atomic(os.path.join(out, "manifest.json"), json.dumps(manifest, indent=2).encode())
+    export.write_atomic(os.path.join(out, "manifest.json"), json.dumps(manifest, indent=2).encode())
     lines = ["| artifact | mode | size (MB) | mIoU | latency (ms) |", "|---|---|---:|---:|---:|"]
     lines += [f"| {e['artifact']} | {e['mode']} | {e['size_bytes'] / 1e6:.2f} | {100 * e['miou']:.2f} "
               f"| {e['latency_ms']:.2f} |" for e in entries]
     report = f"# Export report\n\n{threads} threads, input {input_size[0]}x{input_size[1]}\n\n" + "\n".join(lines)
-    export._write_atomic(os.path.join(out, "report.md"), (report + "\n").encode())
+    export.write_atomic(os.path.join(out, "report.md"), (report + "\n").encode())
     return entries
 
 

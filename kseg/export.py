@@ -9,6 +9,7 @@ TensorFlow (Flex) ops fails with an ExportError naming them. Full-int8 models ta
 a JSON sidecar (`<file>.json`) that says classes, input size, normalisation, output and quantization.
 """
 
+import gzip
 import json
 import os
 import re
@@ -40,7 +41,14 @@ def _serving_function(model, input_size, output, batch_size=1):
     return serve
 
 
-def _write_atomic(path, data):
+def gzip_size(path):
+    """Bytes of `path` gzip-compressed (level 9): the download size, which pruning's zeros shrink."""
+    with open(path, "rb") as f:
+        return len(gzip.compress(f.read(), compresslevel=9))
+
+
+def write_atomic(path, data):
+    """Writes bytes to `path` through a temporary file in the same folder and a rename."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile("wb", dir=directory, prefix=".tmp-", delete=False) as f:
@@ -49,7 +57,7 @@ def _write_atomic(path, data):
 
 
 def write_sidecar(path, info):
-    _write_atomic(path + ".json", json.dumps(info, indent=2).encode())
+    write_atomic(path + ".json", json.dumps(info, indent=2).encode())
 
 
 def calibration_images(split, input_size, count=100, seed=0):
@@ -120,7 +128,7 @@ def to_litert(model, path, mode="float32", input_size=(257, 257), calibration=No
         flatbuffer = converter.convert()
     except Exception as error:  # ConverterError carries MLIR diagnostics: keep the op names only
         raise _conversion_error(model, mode, error) from None
-    _write_atomic(path, flatbuffer)
+    write_atomic(path, flatbuffer)
 
     input_size = tuple(int(s) for s in input_size)
     runner = LiteRTModel(path)

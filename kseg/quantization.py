@@ -18,7 +18,6 @@ cannot quantize gets a QuantizeConfig with `register_quantize_config` (kseg's tw
 quantize their output only).
 """
 
-import gzip
 import inspect
 import re
 
@@ -621,8 +620,7 @@ def export_tf_keras(tf_keras_model, path, mode="float32", input_size=None, calib
     if sparsity is not None:
         info["sparsity"] = round(float(sparsity), 4)
     if training == "pruned":
-        with open(path, "rb") as f:
-            info["gzip_bytes"] = len(gzip.compress(f.read(), compresslevel=9))
+        info["gzip_bytes"] = export.gzip_size(path)
     export.write_sidecar(path, info)
     return info
 

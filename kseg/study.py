@@ -11,7 +11,6 @@ error full-int8 quantization puts into its output (TFLite's QuantizationDebugger
 
 import csv
 import dataclasses
-import gzip
 import io
 import json
 import os
@@ -59,7 +58,7 @@ def run(model, train, val, out_dir, input_size, config=None):
         info = export_mode(model, path, mode, input_size, train, source=source, config=config)
         scores = evaluation.evaluate(path, val, progress=False).scores
         row = {"mode": mode, "artifact": os.path.basename(path), "size_bytes": info["size_bytes"],
-               "gzip_bytes": _gzip_size(path), "miou": scores["miou"], "sparsity": info.get("sparsity"),
+               "gzip_bytes": export.gzip_size(path), "miou": scores["miou"], "sparsity": info.get("sparsity"),
                "latency_ms": {}}
         for threads in config.threads:
             row["latency_ms"][str(threads)] = bench.benchmark(path, threads=threads, runs=config.runs)["mean_ms"]
@@ -141,11 +140,6 @@ def _layer_name(tensor, weighted, named):
     return next((c for c in candidates if c in weighted), next((c for c in candidates if c in named), tensor))
 
 
-def _gzip_size(path):
-    with open(path, "rb") as f:
-        return len(gzip.compress(f.read(), compresslevel=9))
-
-
 def _say(config, text):
     if config.progress:
         print(f"  {text}", flush=True)
@@ -170,7 +164,7 @@ def _write(out_dir, result, config):
         text += "| layer | op | RMSE / scale | max abs error |\n|---|---|---:|---:|\n"
         text += "\n".join(f"| {r['layer']} | {r['op']} | {r['rmse_over_scale']:.2f} | {r['max_abs_error']:.3g} |"
                           for r in result["sensitivity"]) + "\n"
-    export._write_atomic(os.path.join(out_dir, "study.md"), text.encode())
-    export._write_atomic(os.path.join(out_dir, "study.json"), json.dumps(result, indent=2).encode())
+    export.write_atomic(os.path.join(out_dir, "study.md"), text.encode())
+    export.write_atomic(os.path.join(out_dir, "study.json"), json.dumps(result, indent=2).encode())
     artifacts = {r["mode"]: r for r in rows}
     latency_plot(artifacts, max(config.threads), os.path.join(out_dir, "study.png"))
