@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kseg
-from kseg.models.hrnet import IMAGENET_MEAN
+from kseg.models import backbones
 
 # Parameters (millions) of HRNetV2 with its segmentation head for 19 Cityscapes classes, from the papers
 # and the official HRNet-Semantic-Segmentation model zoo. PyTorch counts trainable parameters only:
@@ -63,7 +63,7 @@ def test_every_batch_norm_follows_a_convolution_and_names_are_stable():
 def test_normalisation_uses_imagenet_statistics():
     model = kseg.models.get("hrnet", 3, tiny=True)
     normalize = model.get_layer("normalize")
-    mean = np.array(IMAGENET_MEAN, "float32").reshape(1, 1, 1, 3)
+    mean = np.array(backbones.TORCH_STYLE["mean"], "float32").reshape(1, 1, 1, 3)
     out = keras.ops.convert_to_numpy(normalize(np.broadcast_to(mean, (1, 2, 2, 3))))
     np.testing.assert_allclose(out, 0, atol=1e-5)
 

@@ -389,14 +389,14 @@ def get(name):
         raise KsegError(f"unknown backbone {name!r}; available: {', '.join(names())}") from None
 
 
-def normalize(pixels, spec):
-    """The backbone's pixel normalisation as layers: per-channel Rescaling (MUL/ADD), then RGB -> BGR if needed."""
-    scale = [1 / s for s in spec.std]
-    offset = [-m / s for m, s in zip(spec.mean, spec.std)]
+def normalize(pixels, mean, std, bgr=False):
+    """(pixels - mean) / std per RGB channel as layers (one MUL and one ADD in LiteRT), then RGB -> BGR if asked."""
+    scale = [1 / s for s in std]
+    offset = [-m / s for m, s in zip(mean, std)]
     if len(set(scale)) == 1 and len(set(offset)) == 1:
         scale, offset = scale[0], offset[0]
     x = layers.Rescaling(scale, offset, name="normalize")(pixels)
-    return ReverseChannels(name="rgb_to_bgr")(x) if spec.bgr else x
+    return ReverseChannels(name="rgb_to_bgr")(x) if bgr else x
 
 
 def build(name, pixels, output_stride=32, weights=None, **options):
@@ -409,7 +409,7 @@ def build(name, pixels, output_stride=32, weights=None, **options):
     unknown = set(options) - set(spec.options)
     if unknown:
         raise KsegError(f"backbone {name!r} does not take {sorted(unknown)}; it takes {list(spec.options)}")
-    features = spec.build(normalize(pixels, spec), AtrousSchedule(output_stride), **options)
+    features = spec.build(normalize(pixels, spec.mean, spec.std, spec.bgr), AtrousSchedule(output_stride), **options)
     if weights is not None:
         load_weights(name, keras.Model(pixels, features[max(features)]), weights, **options)
     return features

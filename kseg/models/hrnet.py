@@ -15,7 +15,7 @@ upsamples all four branches to stride 4, concatenates them and classifies every 
 import keras
 from keras import layers
 
-from kseg.models import blocks
+from kseg.models import backbones, blocks
 from kseg.models.registry import register
 
 # Stage configurations of the official HRNet-Semantic-Segmentation experiments
@@ -46,12 +46,6 @@ VARIANTS = {
 }
 EXPANSION = {"basic": 1, "bottleneck": 4}
 UPSAMPLING = ("bilinear", "nearest")
-
-# ImageNet statistics of RGB pixels in [0, 255], which HRNet's backbone was trained with; the model
-# computes (pixels - mean) / std as pixels * scale + offset, one MUL and one ADD in LiteRT.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
 
 @register(
     "hrnet",
@@ -102,9 +96,7 @@ def hrnet(
     stages = _stage_configs(variant, width)
 
     pixels = blocks.pixel_input(input_shape)
-    x = layers.Rescaling(
-        [1 / s for s in IMAGENET_STD], [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], name="normalize"
-    )(pixels)
+    x = backbones.normalize(pixels, **backbones.TORCH_STYLE)  # the ImageNet statistics HRNet was trained with
     x = blocks.conv_bn_act(x, stem_filters, 3, strides=2, name="stem_conv1")
     x = blocks.conv_bn_act(x, stem_filters, 3, strides=2, name="stem_conv2")
 
