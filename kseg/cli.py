@@ -40,16 +40,26 @@ def cmd_demo(args):
     demo.run(config)
 
 
+TRAIN_FLAGS = {  # TrainConfig field -> argparse destination; None on the command line keeps the config's value
+    "model": "model", "data": "data", "val_data": "val_data", "num_classes": "num_classes",
+    "crop_size": "crop_size", "batch_size": "batch_size", "steps": "steps", "epochs": "epochs",
+    "time_budget": "time_budget", "steps_per_epoch": "steps_per_epoch", "val_every": "val_every",
+    "optimizer": "optimizer", "learning_rate": "lr", "loss": "loss", "augment": "augment", "seed": "seed",
+    "mixed_precision": "mixed_precision", "distribute": "distribute", "out_dir": "out", "verbose": "verbose",
+}
+
+
 def cmd_train(args):
     from kseg import training
 
-    config = training.TrainConfig(
-        model=args.model, model_kwargs=_model_args(args.model_arg), data=args.data, val_data=args.val_data,
-        num_classes=args.num_classes, crop_size=args.crop_size, batch_size=args.batch_size, epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch, optimizer=args.optimizer, learning_rate=args.lr, loss=args.loss,
-        seed=args.seed, mixed_precision=args.mixed_precision, distribute=args.distribute, out_dir=args.out,
-        overwrite=args.overwrite,
-    )
+    overrides = {field: getattr(args, dest) for field, dest in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
+    if args.model_arg:
+        overrides["model_kwargs"] = _model_args(args.model_arg)
+    overrides["overwrite"] = args.overwrite
+    if args.config:
+        config = training.TrainConfig.from_json(args.config, **overrides)
+    else:
+        config = training.TrainConfig(**overrides)
     result = training.train(config)
     print(f"best model: {result.best_path}")
 
@@ -179,6 +189,12 @@ def cmd_data_check(args):
         print(f"  size {width}x{height}: {count} images")
     if len(report.sizes) > 5:
         print(f"  ... {len(report.sizes) - 5} more sizes")
+    if report.binary_255:
+        print("  masks hold only 0 and 255: 255 is read as the foreground (class 1), not as ignore")
+    if report.skipped:
+        print(f"{len(report.skipped)} file(s) skipped (not used for training):")
+        for line in report.skipped:
+            print(f"  {line}")
     total = max(int(report.histogram.sum()), 1)
     print("  label   pixels      share")
     for label in [i for i in range(256) if report.histogram[i]]:
@@ -244,24 +260,36 @@ def parser():
     c.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     c.set_defaults(func=cmd_demo)
 
-    c = commands.add_parser("train", help="train a model with Keras fit (resumes in an existing --out)")
-    c.add_argument("--model", default="deeplabv3plus", help="architecture name (see: kseg models)")
+    c = commands.add_parser("train", help="train a model with Keras fit (resumes in an existing --out)",
+                            description="Settings left out are chosen from the data (printed at the start and "
+                                        "stored in OUT/config.json; --config repeats a run).")
+    c.add_argument("--data", help="folder, 'synthetic' or 'tfds:NAME' (default synthetic)")
+    c.add_argument("--model", help="architecture name (see: kseg models); default: chosen from the data")
     c.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="builder argument, e.g. output_stride=8 or backbone_kwargs='{\"alpha\": 0.5}'")
-    c.add_argument("--data", default="synthetic", help="folder, 'synthetic' or 'tfds:NAME' (default synthetic)")
-    c.add_argument("--val-data", help="validation data (default: the 'val' split of --data)")
+    c.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="train for this long (wall clock, loading included), then stop with the best checkpoint")
+    c.add_argument("--steps", type=int, help="total training steps")
+    c.add_argument("--epochs", type=float, help="passes over the training data")
+    c.add_argument("--steps-per-epoch", type=int, help="with --epochs: an epoch is this many steps")
+    c.add_argument("--val-every", type=int, metavar="STEPS",
+                   help="validate and save every N steps (default: ~10 times a run, at most 5%% of its time)")
+    c.add_argument("--val-data", help="validation data (default: the val split of --data, or a fifth of it)")
     c.add_argument("--num-classes", type=int, help="classes (default: from the data)")
-    c.add_argument("--crop-size", type=_pair, default=(128, 128), help="training crop, e.g. 256 or 256x320")
-    c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--epochs", type=int, default=10)
-    c.add_argument("--steps-per-epoch", type=int)
-    c.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
-    c.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (poly decay to 0)")
-    c.add_argument("--loss", default="ce", help="e.g. ce, dice, lovasz, ce+0.5*dice")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--crop-size", type=_pair, help="training crop, e.g. 256 or 256x320 (default: from the images)")
+    c.add_argument("--batch-size", type=int, help="default: about 4 x 256 x 256 pixels a step")
+    c.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    c.add_argument("--lr", type=float, help="initial learning rate, poly decay to 0 (default 1e-3)")
+    c.add_argument("--loss", help="e.g. ce, dice, lovasz, ce+0.5*dice (default: from the class balance)")
+    c.add_argument("--augment", choices=["natural", "topdown", "none"],
+                   help="natural photos, or top-down images (microscopy, aerial: flips, turns); default: from the images")
+    c.add_argument("--seed", type=int)
     c.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"])
     c.add_argument("--distribute", choices=["mirrored"], help="train on every local device via tf.distribute")
-    c.add_argument("--out", default="runs/kseg", help="run folder: best.keras, last.keras, log.csv, tensorboard/")
+    c.add_argument("--verbose", type=int, choices=[0, 1, 2],
+                   help="1: a progress bar (default), 2: one line a round, 0: settings and summary only")
+    c.add_argument("--config", help="a run's config.json: repeat that run (flags given here override it)")
+    c.add_argument("--out", help="run folder: best.keras, last.keras, log.csv, config.json (default runs/kseg)")
     c.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     c.set_defaults(func=cmd_train)
 

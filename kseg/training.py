@@ -1,50 +1,78 @@
-"""Training with Keras `fit`: poly learning-rate decay, kseg losses and metrics, the best checkpoint
-by validation mIoU, CSV and TensorBoard logs, and resumption after a kill.
+"""Training with Keras `fit`: defaults chosen from the data, a length in steps, epochs or seconds, poly
+learning-rate decay over that length, validation and checkpoints at a rate that costs a small share of the
+run, the best checkpoint by validation mIoU, CSV and TensorBoard logs, and resumption after a kill.
 
-    result = kseg.training.train(kseg.training.TrainConfig(model="unet", epochs=5, out_dir="runs/unet"))
+    result = kseg.training.train(kseg.training.TrainConfig(data="my_folder", time_budget=120, out_dir="runs/a"))
 
-Run the same config again with the same `out_dir` after an interruption and it resumes from the
-last finished epoch (model, optimizer state and learning-rate schedule included).
+Settings left at None are chosen by `kseg.recipe.choose` from the data, printed, and stored in the run's
+`config.json` (which `kseg train --config` takes back, to repeat a run). Keras "epochs" here are rounds
+of `val_every` steps: each round ends with a validation, a checkpoint and a backup, however few images
+there are. Run the same config again with the same `out_dir` after an interruption and it resumes from
+the last finished round (model, optimizer state, step and time spent included).
 """
 
 import csv
 import dataclasses
 import json
+import math
 import os
+import statistics
+import tempfile
+import time
 import warnings
 
 import keras
 import tensorflow as tf
 
 import kseg
+from kseg import recipe
 from kseg.errors import KsegError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+VALIDATIONS = 10  # validations per run, when they are cheap enough
+OVERHEAD_SHARE = 0.05  # validation + checkpoints may take this share of a round, at most
+WARMUP_STEPS = 4  # timed steps before the run (after the first, which traces): they size the rounds
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: str = "deeplabv3plus"
+    model: str = "auto"  # an architecture name, or "auto": chosen from the data
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     data: str = "synthetic"  # "synthetic", "tfds:NAME" or a folder
     data_options: dict = dataclasses.field(default_factory=dict)  # e.g. {"num_images": 64} for synthetic
-    val_data: str | None = None  # defaults to the "val" split of `data`
+    val_data: str | None = None  # defaults to the "val" split of `data` (a fifth of a folder without val/)
     num_classes: int | None = None  # defaults to the data's
-    crop_size: tuple = (128, 128)
-    batch_size: int = 8
-    epochs: int = 10
-    steps_per_epoch: int | None = None
+    crop_size: tuple | None = None  # None: from the images (up to 256x256)
+    batch_size: int | None = None  # None: about 4 x 256 x 256 pixels a step
+    steps: int | None = None  # training length: total steps, or
+    epochs: float | None = None  # passes over the training data, or
+    time_budget: float | None = None  # wall-clock seconds (whichever of the given limits comes first)
+    steps_per_epoch: int | None = None  # with epochs: an epoch is this many steps (and validates)
+    val_every: int | None = None  # steps between validations; None: about 10 a run, each < 5% of its round
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None  # None: 1e-3
     weight_decay: float = 0.0
     poly_power: float = 0.9
-    loss: str = "ce"
+    loss: str | None = None  # None: from the class balance (see kseg.recipe)
+    augment: str | None = None  # "natural", "topdown" or "none"; None: from the images
     seed: int = 0
     mixed_precision: str | None = None  # "mixed_float16" (GPU) or "mixed_bfloat16" (recent CPUs, TPU)
     distribute: str | None = None  # "mirrored": every local GPU (or the CPU) through tf.distribute
     out_dir: str = "runs/kseg"
     overwrite: bool = False  # start afresh in an out_dir that holds a finished run
     verbose: int = 1
+
+    @classmethod
+    def from_json(cls, path, **overrides):
+        """The config a run stored in its `config.json` (to repeat it), with `overrides` applied."""
+        try:
+            with open(path) as f:
+                stored = json.load(f)
+        except (OSError, ValueError) as error:
+            raise KsegError(f"{path}: cannot read a training config ({error})") from None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: (tuple(v) if k == "crop_size" and v else v) for k, v in stored.items() if k in fields}
+        return cls(**{**values, **overrides})
 
 
 @dataclasses.dataclass
@@ -54,6 +82,14 @@ class TrainResult:
     best_path: str
     last_path: str
     initial_epoch: int
+    summary: dict = dataclasses.field(default_factory=dict)
+
+
+def save_atomic(model, path):
+    """`model.save(path)` through a temporary file in the same folder and an atomic rename."""
+    tmp = path[: -len(".keras")] + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
 
 
 class AtomicBestCheckpoint(keras.callbacks.Callback):
@@ -72,57 +108,98 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
             save_atomic(self.model, self.path)
 
 
-def save_atomic(model, path):
-    """`model.save(path)` through a temporary file in the same folder and an atomic rename."""
-    tmp = path[: -len(".keras")] + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+class Schedule(keras.callbacks.Callback):
+    """Sets the learning rate from the run's progress - steps done over `total_steps` or seconds spent over
+    `time_budget`, whichever is further - with poly decay to 0, and stops the run when either is spent.
+
+    Time counts from `started` (time.monotonic()) plus `seconds_before` (earlier sessions of a resumed run).
+    A time-budget run stops early enough for the last validation and saves to end within the budget:
+    `reserve` seconds, estimated at first, then 1.25 x the last round's overhead plus `final_save`. Each round's step, seconds and learning rate go into the logs
+    (log.csv), and `overhead` sums the seconds spent between rounds (validation, checkpoints, backups).
+    """
+
+    def __init__(self, learning_rate, power, started, total_steps=None, time_budget=None, steps_before=0,
+                 seconds_before=0.0, reserve=0.0, final_save=0.0):
+        super().__init__()
+        self.learning_rate, self.power = learning_rate, power
+        self.started, self.seconds_before = started, seconds_before
+        self.total_steps, self.time_budget, self.reserve = total_steps, time_budget, reserve
+        self.final_save = final_save
+        self.step = self.first_step = steps_before
+        self.overhead, self.rounds, self._round_ended = 0.0, 0, None
+        self.stopped_by, self.current = "steps", learning_rate
+
+    def elapsed(self):
+        return self.seconds_before + time.monotonic() - self.started
+
+    def progress(self):
+        fractions = [0.0]
+        if self.total_steps:
+            fractions.append(self.step / self.total_steps)
+        if self.time_budget:
+            fractions.append(self.elapsed() / max(self.time_budget - self.reserve, 1e-9))
+        return min(max(fractions), 1.0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._end_of_round()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.current = self.learning_rate * (1.0 - self.progress()) ** self.power
+        self.model.optimizer.learning_rate = self.current
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        self._last_batch = time.monotonic()
+        if self.progress() >= 1.0:
+            self.model.stop_training = True
+            if not self.total_steps or self.step < self.total_steps:
+                self.stopped_by = "time budget"
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._round_ended = self._last_batch
+        if logs is not None:
+            logs.update(step=self.step, seconds=round(self.elapsed(), 2), lr=self.current)
+
+    def on_train_end(self, logs=None):
+        self._end_of_round()
+
+    def _end_of_round(self):
+        if self._round_ended is not None:
+            spent = time.monotonic() - self._round_ended
+            self.overhead += spent
+            self.rounds += 1
+            self.reserve = 1.25 * spent + self.final_save
+            self._round_ended = None
 
 
-def _optimizer(config, total_steps):
-    schedule = keras.optimizers.schedules.PolynomialDecay(
-        config.learning_rate, decay_steps=max(total_steps, 1), end_learning_rate=0.0, power=config.poly_power
-    )
+class _BatchTimes(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.train, self.test = [time.monotonic()], [time.monotonic()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.train.append(time.monotonic())
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.test.append(time.monotonic())
+
+
+def _optimizer(config):
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(schedule)
+        return keras.optimizers.Adam(config.learning_rate)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay or 1e-4)
+        return keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay or 1e-4)
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=config.weight_decay or None)
+        return keras.optimizers.SGD(config.learning_rate, momentum=0.9, weight_decay=config.weight_decay or None)
     raise KsegError(f"unknown optimizer {config.optimizer!r}; available: {', '.join(OPTIMIZERS)}")
 
 
-def _resume_state(out_dir):
-    """(epochs already finished, best val_miou so far) from a previous run in `out_dir`.
-
-    Rows of log.csv past the backup's last epoch belong to an epoch that runs again: they are dropped.
-    """
-    metadata = os.path.join(out_dir, "backup", "training_metadata.json")
-    epoch = 0
-    if os.path.exists(metadata):
-        with open(metadata) as f:
-            epoch = int(json.load(f)["epoch"])  # BackupAndRestore stores the count of finished epochs
-    log, best = os.path.join(out_dir, "log.csv"), None
-    if os.path.exists(log):
-        with open(log, newline="") as f:
-            rows = [row for row in csv.DictReader(f) if int(row["epoch"]) < epoch]
-        if rows:
-            best = max(float(row["val_miou"]) for row in rows if row.get("val_miou"))
-            with open(log, "w", newline="") as f:  # drop rows of an epoch the backup does not hold
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-        else:
-            os.remove(log)
-    return epoch, best
-
-
-def build_and_compile(config, num_classes, total_steps):
+def build_and_compile(config, num_classes):
     model = kseg.models.get(config.model, num_classes, input_shape=(None, None, 3), **config.model_kwargs)
     loss = kseg.losses.get(config.loss)
     metric_classes = 2 if num_classes == 1 else num_classes
     model.compile(
-        optimizer=_optimizer(config, total_steps),
+        optimizer=_optimizer(config),
         loss=loss,
         metrics=[kseg.metrics.SegmentationMetrics(metric_classes)],
     )
@@ -131,15 +208,112 @@ def build_and_compile(config, num_classes, total_steps):
     return model
 
 
+def resolve(config, train_split):
+    """(config with every unset field chosen, {field: Choice}): the settings a run will use."""
+    choices = recipe.choose(config, train_split)
+    resolved = dataclasses.replace(config, **{name: choice.value for name, choice in choices.items()})
+    if resolved.augment not in kseg.data.AUGMENTATIONS:
+        raise KsegError(f"unknown augmentation {resolved.augment!r}; available: {', '.join(kseg.data.AUGMENTATIONS)}")
+    for name in ("steps", "epochs", "time_budget", "val_every", "batch_size", "steps_per_epoch"):
+        value = getattr(resolved, name)
+        if value is not None and value <= 0:
+            raise KsegError(f"{name} must be positive, got {value}")
+    if resolved.steps is None and resolved.epochs is not None:
+        per_epoch = resolved.steps_per_epoch or max(len(train_split) // resolved.batch_size, 1)
+        resolved.steps = math.ceil(resolved.epochs * per_epoch)
+        if resolved.steps_per_epoch and resolved.val_every is None:
+            resolved.val_every = resolved.steps_per_epoch
+    return resolved, choices
+
+
+def _describe(config, choices, num_classes, train_split, val_split):
+    length = [f"{config.steps} steps"] if config.steps else []
+    if config.time_budget:
+        length.append(f"{config.time_budget:g} s")
+    kwargs = ", ".join(f"{k}={v}" for k, v in config.model_kwargs.items())
+    rows = [
+        ("data", f"{train_split.description}: {len(train_split)} training, {len(val_split)} validation images, "
+                 f"{num_classes} classes"),
+        ("model", f"{config.model}({kwargs})" if kwargs else config.model, "model", "model_kwargs"),
+        ("crop", "x".join(map(str, config.crop_size)), "crop_size"),
+        ("batch", str(config.batch_size), "batch_size"),
+        ("length", " or ".join(length) + " (whichever comes first)" * (len(length) > 1), "steps"),
+        ("optimizer", f"{config.optimizer}, learning rate {config.learning_rate:g}, poly {config.poly_power} to 0",
+         "learning_rate"),
+        ("loss", config.loss, "loss"),
+        ("augment", config.augment, "augment"),
+    ]
+    lines = ["kseg train: settings (chosen ones marked *, each can be set; stored in config.json)"]
+    for label, value, *fields in rows:
+        reason = next((choices[f].reason for f in fields if f in choices), None)
+        lines.append(f"  {'*' if reason else ' '} {label:10s} {value}" + (f"  ({reason})" if reason else ""))
+    return "\n".join(lines)
+
+
+def _resume_state(out_dir):
+    """(rounds already finished, best val_miou, seconds spent) from a previous run in `out_dir`.
+
+    Rows of log.csv past the backup's last round belong to a round that runs again: they are dropped.
+    """
+    metadata = os.path.join(out_dir, "backup", "training_metadata.json")
+    epoch = 0
+    if os.path.exists(metadata):
+        with open(metadata) as f:
+            epoch = int(json.load(f)["epoch"])  # BackupAndRestore stores the count of finished rounds
+    log, best, seconds = os.path.join(out_dir, "log.csv"), None, 0.0
+    if os.path.exists(log):
+        with open(log, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if int(row["epoch"]) < epoch]
+        if rows:
+            best = max(float(row["val_miou"]) for row in rows if row.get("val_miou"))
+            seconds = float(rows[-1].get("seconds") or 0.0)
+            with open(log, "w", newline="") as f:  # drop rows of a round the backup does not hold
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            os.remove(log)
+    return epoch, best, seconds
+
+
+def _measure(model, train_batches, val_batches, val_count, batch_size):
+    """(seconds per training step, per validation with its two checkpoint saves, per model save), timed on
+    WARMUP_STEPS real steps, one validation batch and one save, each after a first call that traces."""
+    times = _BatchTimes()
+    model.fit(train_batches, epochs=1, steps_per_epoch=WARMUP_STEPS + 1, verbose=0, callbacks=[times])
+    step = statistics.median(b - a for a, b in zip(times.train[1:], times.train[2:]))
+    model.evaluate(val_batches.take(1), verbose=0)
+    started = time.monotonic()
+    model.evaluate(val_batches.take(1), verbose=0)
+    val_batch = time.monotonic() - started
+    with tempfile.TemporaryDirectory() as folder:
+        model.save(os.path.join(folder, "first.keras"))
+        started = time.monotonic()
+        model.save(os.path.join(folder, "timed.keras"))
+        save = time.monotonic() - started
+    return step, val_batch * math.ceil(val_count / batch_size) + 2 * save, save
+
+
+def _rounds(config, step_seconds, overhead_seconds, steps_left, seconds_left):
+    """Steps per round: about VALIDATIONS rounds, each validation at most OVERHEAD_SHARE of its round."""
+    expected = [s for s in (steps_left, seconds_left and seconds_left / step_seconds) if s]
+    expected = max(1, int(min(expected)))
+    by_count = expected / VALIDATIONS
+    by_cost = overhead_seconds / (OVERHEAD_SHARE * step_seconds)
+    return max(1, min(expected, math.ceil(max(by_count, by_cost))))
+
+
 def train(config, callbacks=()):
     """Trains `config.model` on `config.data`; returns a TrainResult. Resumes if `out_dir` holds a run."""
+    started = time.monotonic()
     best_path = os.path.join(config.out_dir, "best.keras")
     last_path = os.path.join(config.out_dir, "last.keras")
+    config_path = os.path.join(config.out_dir, "config.json")
     finished = os.path.exists(last_path) and not os.path.isdir(os.path.join(config.out_dir, "backup"))
     if finished and not config.overwrite:
         raise KsegError(f"{config.out_dir} holds a finished run; choose another output folder or pass --overwrite")
     if finished:
-        for name in ("best.keras", "last.keras", "log.csv"):
+        for name in ("best.keras", "last.keras", "log.csv", "summary.json"):
             if os.path.exists(os.path.join(config.out_dir, name)):
                 os.remove(os.path.join(config.out_dir, name))
     os.makedirs(config.out_dir, exist_ok=True)
@@ -152,33 +326,60 @@ def train(config, callbacks=()):
         config.val_data or config.data, "val", num_classes=config.num_classes, **config.data_options
     )
     num_classes = config.num_classes or train_split.num_classes
-    train_batches = kseg.data.pipeline(
-        train_split, config.batch_size, size=tuple(config.crop_size), training=True, seed=config.seed
-    )
-    val_batches = kseg.data.pipeline(val_split, config.batch_size)
-    steps = config.steps_per_epoch or max(len(train_split) // config.batch_size, 1)
-    if config.steps_per_epoch:
-        train_batches = train_batches.repeat()
+    initial_epoch, best, seconds_before = _resume_state(config.out_dir)
+    stored = {}
+    if initial_epoch and os.path.exists(config_path):
+        with open(config_path) as f:  # a resumed run keeps its rounds, or the backup's count means nothing
+            stored = json.load(f)
+        if config.val_every is None:
+            config = dataclasses.replace(config, val_every=stored.get("val_every"))
+    config, choices = resolve(config, train_split)
+    print(_describe(config, choices, num_classes, train_split, val_split), flush=True)  # whatever the verbosity
 
-    with open(os.path.join(config.out_dir, "config.json"), "w") as f:
-        json.dump({**dataclasses.asdict(config), "num_classes": num_classes,
-                   "class_names": train_split.class_names}, f, indent=2)
+    augment = kseg.data.AUGMENTATIONS[config.augment]
 
-    initial_epoch, best = _resume_state(config.out_dir)
-    strategy = tf.distribute.MirroredStrategy() if config.distribute == "mirrored" else tf.distribute.get_strategy()
-    with strategy.scope():
-        model = build_and_compile(config, num_classes, steps * config.epochs)
-        model.build((None, None, None, 3))
-    if initial_epoch and config.verbose:
-        print(f"kseg: resuming {config.out_dir} after epoch {initial_epoch} of {config.epochs}", flush=True)
+    def batches(cache=len(train_split) * math.prod(config.crop_size) * 16 < 2**31):  # small data: decode once
+        train = kseg.data.pipeline(train_split, config.batch_size, size=tuple(config.crop_size), training=True,
+                                   seed=config.seed, repeat=True, cache=cache, **augment)
+        return train, kseg.data.pipeline(val_split, config.batch_size, cache=cache)
+
+    train_batches, val_batches = batches()
 
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # our datasets are shuffled
+    strategy = tf.distribute.MirroredStrategy() if config.distribute == "mirrored" else tf.distribute.get_strategy()
+    with strategy.scope():
+        model = build_and_compile(config, num_classes)
+        model.build((None, None, None, 3))
+
+    steps_before, overhead_s, save_s = stored.get("timing_steps", 0), 0.0, 0.0
+    if config.val_every is None or not initial_epoch:
+        # Timed on uncached copies: a partly read cache is thrown away (with a warning).
+        step_s, overhead_s, save_s = _measure(model, *batches(cache=False), len(val_split), config.batch_size)
+        steps_before = WARMUP_STEPS + 1
+        if config.val_every is None:
+            seconds_left = config.time_budget and config.time_budget - (time.monotonic() - started)
+            config.val_every = _rounds(config, step_s, overhead_s, config.steps, seconds_left)
+    with open(config_path + ".tmp", "w") as f:
+        json.dump({**dataclasses.asdict(config), "num_classes": num_classes, "class_names": train_split.class_names,
+                   "chosen": {name: choice.reason for name, choice in choices.items()},
+                   "timing_steps": steps_before}, f, indent=2)
+    os.replace(config_path + ".tmp", config_path)
+    rounds = math.ceil(max(config.steps - steps_before, 1) / config.val_every) if config.steps else 10**9
+    steps_before += initial_epoch * config.val_every
+    if initial_epoch:
+        print(f"kseg: resuming {config.out_dir} after round {initial_epoch} (step {steps_before}, "
+              f"{seconds_before:.0f} s spent)", flush=True)
+    print(f"kseg: validating and saving every {config.val_every} steps", flush=True)
+
+    schedule = Schedule(config.learning_rate, config.poly_power, started, config.steps, config.time_budget,
+                        steps_before, seconds_before, overhead_s + save_s, save_s)
     history = model.fit(
         train_batches,
         validation_data=val_batches,
-        epochs=config.epochs,
-        steps_per_epoch=steps,
-        callbacks=[  # the log row and best checkpoint first: once the backup says "done", they exist
+        epochs=rounds,
+        steps_per_epoch=config.val_every,
+        callbacks=[  # step and time into the logs first; the log row and best checkpoint before the backup
+            schedule,
             keras.callbacks.CSVLogger(os.path.join(config.out_dir, "log.csv"), append=True),
             AtomicBestCheckpoint(best_path, "val_miou", best),
             keras.callbacks.BackupAndRestore(os.path.join(config.out_dir, "backup"), double_checkpoint=True),
@@ -188,6 +389,31 @@ def train(config, callbacks=()):
         verbose=config.verbose,
     )
     save_atomic(model, last_path)
-    if not os.path.exists(best_path):  # e.g. resumed after the last epoch: keep the contract
+    if not os.path.exists(best_path):  # e.g. resumed after the last round: keep the contract
         save_atomic(model, best_path)
-    return TrainResult(model, history.history, best_path, last_path, initial_epoch)
+    summary = _summary(config, schedule, history.history, started)
+    with open(os.path.join(config.out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"kseg: trained {summary['steps']} steps in {summary['seconds']:.0f} s "
+          f"({summary['images_per_second']:.1f} images/s); validation and checkpoints took "
+          f"{100 * summary['overhead_share']:.1f}% of the run; best val mIoU {100 * summary['best_val_miou']:.2f}",
+          flush=True)
+    return TrainResult(model, history.history, best_path, last_path, initial_epoch, summary)
+
+
+def _summary(config, schedule, history, started):
+    """This session's numbers: steps, seconds, training speed and the share validation and saving took."""
+    seconds = time.monotonic() - started
+    miou = [m for m in history.get("val_miou", []) if m is not None]
+    return {
+        "steps": schedule.step,
+        "seconds": schedule.seconds_before + seconds,
+        "session_seconds": seconds,
+        "images_per_second": (schedule.step - schedule.first_step) * config.batch_size
+        / max(seconds - schedule.overhead, 1e-9),
+        "overhead_seconds": schedule.overhead,
+        "overhead_share": schedule.overhead / max(seconds, 1e-9),
+        "rounds": schedule.rounds,
+        "best_val_miou": max(miou) if miou else float("nan"),
+        "stopped_by": schedule.stopped_by,
+    }

@@ -1,5 +1,6 @@
 """The `kseg` command line as a user runs it: train, resume after a kill, evaluate, export, predict, bench."""
 
+import csv
 import json
 import os
 import signal
@@ -33,7 +34,8 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", *TINY, "--data", str(data), "--epochs", "2", "--out", str(out), "--seed", "1"]) == 0
+    assert main(["train", *TINY, "--data", str(data), "--epochs", "2", "--val-every", "4", "--out", str(out),
+                 "--seed", "1"]) == 0
     return out
 
 
@@ -129,7 +131,7 @@ def finished_epochs(metadata):
 def test_training_resumes_after_a_kill(data, tmp_path):
     out = tmp_path / "resume"
     args = [sys.executable, "-m", "kseg.cli", "train", *TINY, "--data", str(data), "--epochs", "40",
-            "--out", str(out)]
+            "--val-every", "4", "--out", str(out)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     metadata = out / "backup" / "training_metadata.json"
@@ -141,11 +143,17 @@ def test_training_resumes_after_a_kill(data, tmp_path):
     finished = json.loads(metadata.read_text())["epoch"]  # epochs finished before the kill
     assert 2 <= finished < 40
 
-    result = kseg("train", *TINY, "--data", str(data), "--epochs", "40", "--out", str(out), timeout=900)
+    result = kseg("train", *TINY, "--data", str(data), "--epochs", "40", "--val-every", "4", "--out", str(out),
+                  timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"resuming {out} after epoch {finished} of 40" in result.stdout
-    epochs = [int(row.split(",")[0]) for row in (out / "log.csv").read_text().strip().splitlines()[1:]]
-    assert epochs == list(range(40))  # no epoch missing or repeated in the log
+    assert f"resuming {out} after round {finished} (step {5 + 4 * finished}," in result.stdout
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["epoch"]) for row in rows] == list(range(39))  # no round missing or repeated in the log
+    steps = [int(float(row["step"])) for row in rows]
+    assert steps == [5 + 4 * (i + 1) for i in range(38)] + [160]  # 5 timed steps, rounds of 4, 40 epochs in all
+    seconds = [float(row["seconds"]) for row in rows]
+    assert seconds == sorted(seconds)  # time spent before the kill carries over
 
 
 def test_demo_quick_writes_the_report(tmp_path):
@@ -204,3 +212,24 @@ def test_cli_export_modes_are_the_study_modes():
     from kseg import cli, study
 
     assert tuple(cli.EXPORT_MODES) == study.MODES
+
+
+def test_data_check_lists_skipped_files_and_train_runs_on_a_flat_folder(tmp_path, capsys):
+    from test_training import write_folder
+
+    root = write_folder(tmp_path / "cells", 6, grey=True, labels=(0, 255))
+    (root / "images" / ".DS_Store").write_bytes(b"\0")
+    (root / "masks" / "notes.txt").write_text("drawn by hand")
+    assert main(["data", "check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "2 file(s) skipped" in out and ".DS_Store: hidden file" in out and "notes.txt: not a" in out
+    assert "255 is read as the foreground" in out
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--model-arg", "filters=4", "--model-arg", "depth=2",
+                 "--steps", "12", "--verbose", "0", "--out", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "kseg: note: skipped" in captured.err
+    assert "* augment    topdown" in captured.out and "* loss       ce+dice" in captured.out
+    assert "kseg: trained 12 steps" in captured.out
+    config = json.loads((run / "config.json").read_text())
+    assert config["steps"] == 12 and config["num_classes"] == 2

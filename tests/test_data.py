@@ -71,7 +71,7 @@ def test_rgb_colour_masks_with_a_table(tmp_path):
     np.testing.assert_array_equal(examples(split)[1][1], masks[1])
     del table[(128, 0, 0)]  # class 1's colour
     with pytest.raises(DataError, match=r"colour \(128, 0, 0\) is not in the colour table"):
-        kseg.data.read_mask(str(tmp_path / "masks" / "x0.png"), table)
+        kseg.data.read_mask(str(tmp_path / "masks" / "x1.png"), table)  # x1 holds class 1
 
 
 def one_line(error):

@@ -4,13 +4,18 @@ Layouts: `DIR/images` + `DIR/masks`, or PASCAL VOC's `DIR/JPEGImages` + `DIR/Seg
 Images: PNG, JPEG or BMP (grey, RGB or RGBA; all become RGB). Masks: PNG (or BMP) holding class
 indices: single-channel index images, palette images (VOC; decoded to their indices, not colours),
 or RGB colour-coded masks with a `colors` table {(r, g, b): class}. 255 means "ignore".
-Class names come from `classes.txt` (one per line) in the folder or its parent, when there is one.
+Masks holding only 0 and 255 are read as binary (255 = foreground, class 1), the way black-and-white
+mask files are usually meant. Class names come from `classes.txt` (one per line) in the folder or its
+parent, when there is one. Hidden files and other stray files (`.DS_Store`, `Thumbs.db`, a README,
+`.npy` side files) are skipped with a note, not treated as errors.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
+import sys
 
 import numpy as np
 from PIL import Image
@@ -21,6 +26,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 MASK_EXTENSIONS = (".png", ".bmp")
 LAYOUTS = (("images", "masks"), ("JPEGImages", "SegmentationClass"))
 IGNORE_LABEL = 255
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+HOLDOUT = 0.2  # share of a folder without a val/ split that validates (chosen by file name, stably)
 
 
 def find_layout(root):
@@ -34,15 +41,18 @@ def find_layout(root):
     raise DataError(f"{root}: expected subfolders images/ and masks/ (or VOC's JPEGImages/ and SegmentationClass/)")
 
 
-def _files_by_stem(directory, extensions, problems):
+def _files_by_stem(directory, extensions, problems, skipped):
+    """{stem: path} of the files with `extensions`; hidden and other files go to `skipped` with the reason."""
     files = {}
     for name in sorted(os.listdir(directory)):
         stem, ext = os.path.splitext(name)
         path = os.path.join(directory, name)
-        if name.startswith(".") or not os.path.isfile(path):
+        if not os.path.isfile(path):
             continue
-        if ext.lower() not in extensions:
-            problems.append(f"{path}: unsupported file type {ext or '(none)'} (expected {', '.join(extensions)})")
+        if name.startswith("."):
+            skipped.append(f"{path}: hidden file")
+        elif ext.lower() not in extensions:
+            skipped.append(f"{path}: not a {'/'.join(e[1:] for e in extensions)} file")
         elif stem in files:
             problems.append(f"{path}: same name as {files[stem]} (pairs are matched by name)")
         else:
@@ -50,11 +60,19 @@ def _files_by_stem(directory, extensions, problems):
     return files
 
 
-def read_mask(path, colors=None):
+def read_mask(path, colors=None, binary_255=False):
     """Class indices (uint8, (H, W)) of a mask file; palette masks give their indices, not colours.
 
-    `colors` maps (r, g, b) to a class, for colour-coded RGB masks. Raises DataError naming the file.
+    `colors` maps (r, g, b) to a class, for colour-coded RGB masks; `binary_255` reads 255 as class 1
+    (black-and-white masks). Raises DataError naming the file.
     """
+    labels = _read_mask(path, colors)
+    if binary_255:
+        labels = np.where(labels == IGNORE_LABEL, 1, labels).astype(np.uint8)
+    return labels
+
+
+def _read_mask(path, colors):
     try:
         with Image.open(path) as image:
             image.load()
@@ -97,15 +115,15 @@ def _colors_to_labels(path, rgb, colors):
 
 
 def _image_size(path):
-    """(height, width) of an image after checking that it decodes (JPEG at 1/8 scale: fast, still complete)."""
+    """((height, width), grey?) of an image after checking that it decodes (JPEG at 1/8 scale: fast, complete)."""
     try:
         with Image.open(path) as image:
-            size = image.size
-            image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            size, mode = image.size, image.mode
+            image.draft(mode if mode in ("L", "RGB") else "RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
             image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: cannot decode image ({error})") from None
-    return size[1], size[0]
+    return (size[1], size[0]), mode in GREY_MODES
 
 
 @dataclasses.dataclass
@@ -118,6 +136,9 @@ class DataReport:
     histogram: np.ndarray  # pixels per label value, 256 entries (index 255: ignored)
     problems: list
     num_classes: int
+    skipped: list = dataclasses.field(default_factory=list)  # "path: why" for stray files left out
+    grey: bool = False  # every image is single-channel (microscopy, X-ray...)
+    binary_255: bool = False  # masks hold only 0 and 255: read 255 as foreground (class 1)
 
     def raise_first(self):
         if self.problems:
@@ -132,11 +153,11 @@ def check(root, num_classes=None, colors=None, workers=4):
     Never raises for bad files; returns a DataReport listing each problem as "path: what is wrong".
     """
     images_dir, masks_dir = find_layout(root)
-    problems = []
+    problems, skipped = [], []
     if not os.listdir(images_dir):
         problems.append(f"{images_dir}: empty folder (no images)")
-    images = _files_by_stem(images_dir, IMAGE_EXTENSIONS, problems)
-    masks = _files_by_stem(masks_dir, MASK_EXTENSIONS, problems)
+    images = _files_by_stem(images_dir, IMAGE_EXTENSIONS, problems, skipped)
+    masks = _files_by_stem(masks_dir, MASK_EXTENSIONS, problems, skipped)
     for stem in sorted(images.keys() - masks.keys()):
         problems.append(f"{images[stem]}: no mask (expected {os.path.join(masks_dir, stem)}.png)")
     for stem in sorted(masks.keys() - images.keys()):
@@ -148,26 +169,32 @@ def check(root, num_classes=None, colors=None, workers=4):
     def inspect(pair):
         image_path, mask_path = pair
         try:
-            size = _image_size(image_path)
+            size, grey = _image_size(image_path)
             mask = read_mask(mask_path, colors)
         except DataError as error:
-            return None, None, str(error)
+            return None, None, None, str(error)
         if mask.shape != size:
-            return size, None, (
+            return size, grey, None, (
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {os.path.basename(image_path)} "
                 f"is {size[1]}x{size[0]} (width x height)"
             )
-        return size, np.bincount(mask.reshape(-1), minlength=256), None
+        return size, grey, np.bincount(mask.reshape(-1), minlength=256), None
 
-    sizes, histogram, per_pair = collections.Counter(), np.zeros(256, np.int64), []
+    sizes, histogram, per_pair, all_grey = collections.Counter(), np.zeros(256, np.int64), [], bool(pairs)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for pair, (size, counts, problem) in zip(pairs, pool.map(inspect, pairs)):
+        for pair, (size, grey, counts, problem) in zip(pairs, pool.map(inspect, pairs)):
             per_pair.append((pair, counts))
             if problem:
                 problems.append(problem)
                 continue
             sizes[size] += 1
             histogram += counts
+            all_grey = all_grey and grey
+    binary_255 = histogram[IGNORE_LABEL] > 0 and not histogram[1:IGNORE_LABEL].any() and colors is None
+    if binary_255:
+        histogram[1], histogram[IGNORE_LABEL] = histogram[IGNORE_LABEL], 0
+        per_pair = [(pair, None if c is None else np.concatenate([c[:1], c[255:], c[2:255], [0]]))
+                    for pair, c in per_pair]
     used = np.flatnonzero(histogram[:IGNORE_LABEL])
     inferred = int(used.max()) + 1 if used.size else 0
     if num_classes is None:
@@ -184,7 +211,7 @@ def check(root, num_classes=None, colors=None, workers=4):
                     f"({int(counts[label])} pixels; 255 is the ignore label)"
                 )
     good = [pair for pair, counts in per_pair if counts is not None]
-    return DataReport(root, good, sizes, histogram, problems, num_classes)
+    return DataReport(root, good, sizes, histogram, problems, num_classes, skipped, all_grey, bool(binary_255))
 
 
 def _class_names_file(root):
@@ -197,28 +224,68 @@ def _class_names_file(root):
     return None
 
 
-def from_folder(root, num_classes=None, class_names=None, colors=None):
-    """A Split from a folder dataset, after `check`: any problem raises a DataError naming the file."""
+def holdout(pairs, share=HOLDOUT):
+    """Indices of the pairs that validate when a folder has no val/ split: `share` of them (at least one,
+    never all), ranked by a hash of the file name, so the choice does not depend on listing order."""
+    if len(pairs) < 2:
+        return set()
+    wanted = min(max(1, round(share * len(pairs))), len(pairs) - 1)
+    rank = sorted(range(len(pairs)), key=lambda i: hashlib.sha1(os.path.basename(pairs[i][0]).encode()).digest())
+    return set(rank[:wanted])
+
+
+def note(message):
+    """A one-line note on stderr: something kseg decided for the user that they should know about."""
+    print(f"kseg: note: {message}", file=sys.stderr, flush=True)
+
+
+def from_folder(root, num_classes=None, class_names=None, colors=None, subset=None):
+    """A Split from a folder dataset, after `check`: any problem raises a DataError naming the file.
+
+    `subset` "train" or "val" splits a folder that has no val/ folder: about a fifth of the pairs
+    (chosen by file name) validate, the rest train; None keeps every pair.
+    """
     import tensorflow as tf
 
-    from kseg.data.source import Split
+    from kseg.data.source import DataStats, Split
 
     report = check(root, num_classes=num_classes, colors=colors)
     report.raise_first()
-    image_paths = [image for image, _ in report.pairs]
-    mask_paths = [mask for _, mask in report.pairs]
+    if report.skipped:
+        more = f" and {len(report.skipped) - 1} more" if len(report.skipped) > 1 else ""
+        note(f"skipped {report.skipped[0]}{more} (kseg data check {root} lists them)")
+    if report.binary_255:
+        note(f"{root}: masks hold only 0 and 255; reading 255 as the foreground class 1, not as ignore")
+    pairs = report.pairs
+    description = root
+    if subset is not None:
+        held = holdout(pairs)
+        pairs = [pair for i, pair in enumerate(pairs) if (i in held) == (subset == "val")] if held else pairs
+        description = f"{root} [{subset}: {len(pairs)} of {len(report.pairs)} pairs, held out by file name]"
+    image_paths = [image for image, _ in pairs]
+    mask_paths = [mask for _, mask in pairs]
+    binary_255 = report.binary_255
 
     def decode(image_path, mask_path):
         image = tf.io.decode_image(
             tf.io.read_file(image_path), channels=3, dtype=tf.uint8, expand_animations=False
         )
-        mask = tf.numpy_function(lambda p: read_mask(p.decode(), colors), [mask_path], tf.uint8, stateful=False)
+        mask = tf.numpy_function(
+            lambda p: read_mask(p.decode(), colors, binary_255), [mask_path], tf.uint8, stateful=False
+        )
         mask = tf.ensure_shape(mask, [None, None])
         return image, mask
 
     examples = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths)).map(
         decode, num_parallel_calls=tf.data.AUTOTUNE
     )
-    names = list(class_names or _class_names_file(root) or [f"class_{i}" for i in range(report.num_classes)])
+    names = list(class_names or _class_names_file(root) or _default_names(report))
     image_size = next(iter(report.sizes)) if len(report.sizes) == 1 else None
-    return Split(examples, report.num_classes, names, len(report.pairs), root, image_size)
+    stats = DataStats(report.sizes, report.histogram[: report.num_classes].copy(), report.grey)
+    return Split(examples, report.num_classes, names, len(pairs), description, image_size, stats)
+
+
+def _default_names(report):
+    if report.num_classes == 2:
+        return ["background", "foreground"]
+    return [f"class_{i}" for i in range(report.num_classes)]

@@ -11,6 +11,16 @@ from kseg.data.source import IGNORE_LABEL
 
 PAD_PIXEL = 127.5  # padding looks like the mean grey; the padded labels are ignored anyway
 
+# Augmentation presets, by what the camera sees. Natural photos have an up and a down, objects at any
+# distance and any colour cast; top-down images (microscopy, aerial, satellite) have no up, a fixed scale
+# and, when grey, no colour to jitter.
+AUGMENTATIONS = {
+    "natural": dict(scale_range=(0.5, 2.0), flip=True, vertical_flip=False, rotate90=False, jitter="color"),
+    "topdown": dict(scale_range=(0.75, 1.33), flip=True, vertical_flip=True, rotate90=True, jitter="brightness"),
+    "none": dict(scale_range=(1.0, 1.0), flip=False, vertical_flip=False, rotate90=False, jitter=None),
+}
+JITTERS = ("color", "brightness", None)
+
 
 def pipeline(
     split,
@@ -19,16 +29,20 @@ def pipeline(
     training=False,
     scale_range=(0.5, 2.0),
     flip=True,
-    jitter=True,
+    jitter="color",
     seed=0,
     shuffle_buffer=1024,
     cache=False,
     repeat=False,
+    vertical_flip=False,
+    rotate90=False,
 ):
     """Batches of (float32 pixels (N, H, W, 3) in [0, 255], uint8 masks (N, H, W)) from a `Split`.
 
-    Training: shuffle, random scale in `scale_range`, pad and random-crop to `size`, horizontal
-    flip, brightness/contrast/saturation/hue jitter on the image only; incomplete batches dropped.
+    Training: shuffle, random scale in `scale_range`, pad and random-crop to `size`, horizontal flip
+    (`vertical_flip` and `rotate90` for images without an up: square crops only for rotations), and
+    `jitter` on the image only: "color" (brightness, contrast, saturation, hue), "brightness"
+    (brightness and contrast) or None; incomplete batches dropped. `AUGMENTATIONS` holds presets.
     Evaluation: resized to `size` when given (masks with nearest neighbour), otherwise batched as is
     (mixed sizes are padded per batch; padded pixels carry the ignore label).
     """
@@ -38,9 +52,14 @@ def pipeline(
     if training:
         if size is None:
             raise ValueError("training needs a crop size, e.g. size=(256, 256)")
+        jitter = {True: "color", False: None}.get(jitter, jitter)
+        if jitter not in JITTERS:
+            raise ValueError(f"jitter must be one of {JITTERS}, got {jitter!r}")
         examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:  # before the seeds are zipped on: every pass gets new augmentations
+            examples, repeat = examples.repeat(), False
         seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-        augment = _augmenter(tuple(size), scale_range, flip, jitter)
+        augment = _augmenter(tuple(size), scale_range, flip, jitter, vertical_flip, rotate90)
         examples = tf.data.Dataset.zip((examples, seeds)).map(
             lambda example, s: augment(*example, s), num_parallel_calls=tf.data.AUTOTUNE
         )
@@ -68,11 +87,12 @@ def _resize_pair(image, mask, size):
     return image, mask
 
 
-def _augmenter(size, scale_range, flip, jitter):
+def _augmenter(size, scale_range, flip, jitter, vertical_flip, rotate90):
     crop_height, crop_width = size
+    rotate90 = rotate90 and crop_height == crop_width
 
     def augment(image, mask, seed):
-        seeds = tf.random.experimental.stateless_split(seed, 7)
+        seeds = tf.random.experimental.stateless_split(seed, 9)
         image = tf.cast(image, tf.float32)
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
         scale = tf.random.stateless_uniform([], seeds[0], *scale_range)
@@ -89,14 +109,19 @@ def _augmenter(size, scale_range, flip, jitter):
         joint = tf.image.stateless_random_crop(joint, [crop_height, crop_width, 4], seeds[1])
         if flip:
             joint = tf.image.stateless_random_flip_left_right(joint, seeds[2])
+        if vertical_flip:
+            joint = tf.image.stateless_random_flip_up_down(joint, seeds[7])
+        if rotate90:
+            joint = tf.image.rot90(joint, tf.random.stateless_uniform([], seeds[8], 0, 4, tf.int32))
         image, mask = joint[..., :3], tf.cast(joint[..., 3], tf.uint8)
 
         if jitter:
             image = image / 255.0
             image = tf.image.stateless_random_brightness(image, 0.125, seeds[3])
             image = tf.image.stateless_random_contrast(image, 0.75, 1.25, seeds[4])
-            image = tf.image.stateless_random_saturation(tf.clip_by_value(image, 0, 1), 0.75, 1.25, seeds[5])
-            image = tf.image.stateless_random_hue(image, 0.04, seeds[6])
+            if jitter == "color":
+                image = tf.image.stateless_random_saturation(tf.clip_by_value(image, 0, 1), 0.75, 1.25, seeds[5])
+                image = tf.image.stateless_random_hue(image, 0.04, seeds[6])
             image = tf.clip_by_value(image, 0.0, 1.0) * 255.0
         return tf.ensure_shape(image, [crop_height, crop_width, 3]), tf.ensure_shape(mask, [crop_height, crop_width])
 

@@ -11,6 +11,15 @@ IGNORE_LABEL = 255
 
 
 @dataclasses.dataclass
+class DataStats:
+    """What a source knows about its images and labels without another pass: what training defaults use."""
+
+    sizes: dict  # (height, width) -> number of images
+    class_pixels: "np.ndarray"  # pixels per class (ignored pixels not counted)
+    grey: bool = False  # single-channel images (microscopy, X-ray...)
+
+
+@dataclasses.dataclass
 class Split:
     """One split of a dataset: examples (image uint8 (H, W, 3), mask uint8 (H, W)) plus what describes them."""
 
@@ -20,6 +29,7 @@ class Split:
     length: int | None = None
     description: str = ""
     image_size: tuple | None = None  # (height, width) when every image has it
+    stats: DataStats | None = None
 
     def __len__(self):
         if self.length is None:
@@ -31,6 +41,8 @@ def load(spec, split="train", num_classes=None, **options):
     """A split from a spec: "synthetic", "tfds:NAME" or a folder path.
 
     A folder may hold `images/` and `masks/` directly, or one such pair per split (`DIR/train`, `DIR/val`).
+    A folder without a `val/` split gives "train" and "val" from one set of pairs: a fifth of them
+    (chosen by file name) validates, the rest trains; other split names give every pair.
     """
     from kseg.data import folder, synthetic, tfds
 
@@ -43,5 +55,7 @@ def load(spec, split="train", num_classes=None, **options):
     if not os.path.isdir(spec):
         raise DataError(f"{spec}: no such folder (a data spec is a folder, 'synthetic' or 'tfds:NAME')")
     split_dir = os.path.join(spec, split)
-    root = split_dir if os.path.isdir(split_dir) else spec
-    return folder.from_folder(root, num_classes=num_classes, **options)
+    if os.path.isdir(split_dir):
+        return folder.from_folder(split_dir, num_classes=num_classes, **options)
+    subset = split if split in ("train", "val") and not os.path.isdir(os.path.join(spec, "val")) else None
+    return folder.from_folder(spec, num_classes=num_classes, subset=subset, **options)

@@ -18,6 +18,7 @@ DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
     "deeplabv3plus",
     paper="Chen et al. 2018, arXiv:1802.02611",
     tiny={"backbone_kwargs": {"alpha": 0.35}, "aspp_filters": 32, "decoder_filters": 32, "low_level_filters": 16},
+    small={"backbone_kwargs": {"alpha": 0.5}, "aspp_filters": 128, "decoder_filters": 128, "low_level_filters": 32},
 )
 def deeplabv3plus(
     num_classes,

@@ -12,18 +12,22 @@ class Architecture:
     build: Callable
     paper: str
     tiny: dict  # keyword arguments for a narrow, fast variant (tests, quick benchmarks)
+    small: dict  # keyword arguments for small datasets (hundreds of images): narrower, generalises better
 
 
 _ARCHITECTURES = {}
 
 
-def register(name, paper, tiny=None):
-    """Decorator: `@register("unet", paper="...", tiny={...})` over a builder `f(num_classes, input_shape, ...)`."""
+def register(name, paper, tiny=None, small=None):
+    """Decorator: `@register("unet", paper="...", tiny={...})` over a builder `f(num_classes, input_shape, ...)`.
+
+    `tiny`: the narrowest useful variant (tests); `small`: the width `kseg train` picks for small datasets
+    (default: the architecture's own width)."""
 
     def decorator(build):
         if name in _ARCHITECTURES:
             raise ValueError(f"architecture {name!r} is already registered")
-        _ARCHITECTURES[name] = Architecture(name, build, paper, dict(tiny or {}))
+        _ARCHITECTURES[name] = Architecture(name, build, paper, dict(tiny or {}), dict(small or {}))
         return build
 
     return decorator

@@ -13,7 +13,8 @@ from kseg.models.registry import register
 UPSAMPLING = ("bilinear", "nearest", "transpose")
 
 
-@register("unet", paper="Ronneberger et al. 2015, arXiv:1505.04597", tiny={"filters": 8, "depth": 3})
+@register("unet", paper="Ronneberger et al. 2015, arXiv:1505.04597", tiny={"filters": 8, "depth": 3},
+          small={"filters": 16})
 def unet(
     num_classes,
     input_shape=(None, None, 3),
