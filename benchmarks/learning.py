@@ -30,20 +30,27 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 SMP_PYTHON = os.environ.get("KSEG_SMP_PYTHON", "/work/venv-smp/bin/python")
+# The real datasets are read from packages kseg does not need (see benchmarks/real_data.py for the venv).
+DATA_PYTHON = os.environ.get("KSEG_DATA_PYTHON", "/work/venv-data/bin/python")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
 def prepare(name, root):
-    """A folder dataset (train/ and val/) for `name`: "synthetic" or a benchmarks/real_data.py name."""
+    """(folder with train/ and val/, None) for `name` ("synthetic" or a benchmarks/real_data.py name), or
+    (None, why) when the dataset's package is missing."""
     folder = os.path.join(root, "data", name)
     if os.path.isdir(os.path.join(folder, "val")):
-        return folder
+        return folder, None
     if name == "synthetic":
         subprocess.run([sys.executable, "-m", "kseg.cli", "data", "synth", folder, "--num-images", "480",
                         "--size", "128"], check=True, env=ENV, capture_output=True)
     else:
-        subprocess.run([sys.executable, os.path.join(HERE, "real_data.py"), name, folder], check=True, env=ENV)
-    return folder
+        python = DATA_PYTHON if os.path.exists(DATA_PYTHON) else sys.executable
+        result = subprocess.run([python, os.path.join(HERE, "real_data.py"), name, folder], env=ENV,
+                                capture_output=True, text=True)
+        if result.returncode:
+            return None, result.stderr.strip().splitlines()[-1]
+    return folder, None
 
 
 def scores_from_confusion(confusion):
@@ -135,11 +142,14 @@ def main():
         sys.path.insert(0, HERE)
         import real_data
 
-        args.datasets = ["synthetic", *real_data.available()]
+        args.datasets = ["synthetic", *real_data.DATASETS]
 
     results = {}
     for dataset in args.datasets:
-        data = prepare(dataset, args.work)
+        data, missing = prepare(dataset, args.work)
+        if missing:
+            print(f"{dataset}: skipped ({missing})", flush=True)
+            continue
         runs = []
         for contender in args.contenders:
             out = os.path.join(args.work, "runs", f"{dataset}-{contender}-{int(time.time())}")

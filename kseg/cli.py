@@ -34,8 +34,8 @@ def cmd_demo(args):
     from kseg import demo
 
     config = demo.DemoConfig.quick(args.out) if args.quick else demo.DemoConfig(out_dir=args.out)
-    if args.epochs is not None:
-        config.epochs = args.epochs
+    if args.steps is not None:
+        config.steps = args.steps
     config.overwrite = args.overwrite
     demo.run(config)
 
@@ -255,7 +255,7 @@ def parser():
 
     c = commands.add_parser("demo", help="train, evaluate, export, benchmark on the embedded data; write a report")
     c.add_argument("--out", default="kseg-demo", help="report folder (default: kseg-demo)")
-    c.add_argument("--epochs", type=int, help="training epochs (default 20; --quick: 1)")
+    c.add_argument("--steps", type=int, help="training steps (default 1600; --quick: 30)")
     c.add_argument("--quick", action="store_true", help="a one-minute run with a narrow model and tiny data")
     c.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     c.set_defaults(func=cmd_demo)

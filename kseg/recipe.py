@@ -4,7 +4,8 @@ after one look at the data, each with the reason, so a run says what it did and 
     choices = kseg.recipe.choose(config, train_split)
     for field, choice in choices.items(): print(field, choice.value, choice.reason)
 
-Only settings left at None (or "auto" for the model) are chosen; a value the user gave is kept.
+Only settings left at None (or "auto" for the model) are chosen; a value the user gave is kept
+(`model_kwargs={}` asks for the architecture's own width).
 The rules, and why:
 - model: from scratch (no download is assumed), a U-Net segments small and medium data best for its cost;
   below `SMALL_DATA` training images an architecture's `small` width (registry) generalises better and
@@ -55,7 +56,7 @@ def choose(config, split):
     if config.model in (None, "auto"):
         choices["model"] = Choice(DEFAULT_MODEL, "from scratch, a U-Net is the strongest model for its cost")
     model = choices["model"].value if "model" in choices else config.model
-    if not config.model_kwargs and count is not None and count < SMALL_DATA:
+    if config.model_kwargs is None and count is not None and count < SMALL_DATA:
         small = registry.architecture(model).small
         if small:
             choices["model_kwargs"] = Choice(small, f"{count} training images (< {SMALL_DATA}): a narrower model")

@@ -37,7 +37,7 @@ WARMUP_STEPS = 4  # timed steps before the run (after the first, which traces): 
 @dataclasses.dataclass
 class TrainConfig:
     model: str = "auto"  # an architecture name, or "auto": chosen from the data
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    model_kwargs: dict | None = None  # builder arguments; None: the width chosen for the data size
     data: str = "synthetic"  # "synthetic", "tfds:NAME" or a folder
     data_options: dict = dataclasses.field(default_factory=dict)  # e.g. {"num_images": 64} for synthetic
     val_data: str | None = None  # defaults to the "val" split of `data` (a fifth of a folder without val/)
@@ -195,7 +195,7 @@ def _optimizer(config):
 
 
 def build_and_compile(config, num_classes):
-    model = kseg.models.get(config.model, num_classes, input_shape=(None, None, 3), **config.model_kwargs)
+    model = kseg.models.get(config.model, num_classes, input_shape=(None, None, 3), **(config.model_kwargs or {}))
     loss = kseg.losses.get(config.loss)
     metric_classes = 2 if num_classes == 1 else num_classes
     model.compile(
@@ -230,7 +230,7 @@ def _describe(config, choices, num_classes, train_split, val_split):
     length = [f"{config.steps} steps"] if config.steps else []
     if config.time_budget:
         length.append(f"{config.time_budget:g} s")
-    kwargs = ", ".join(f"{k}={v}" for k, v in config.model_kwargs.items())
+    kwargs = ", ".join(f"{k}={v}" for k, v in (config.model_kwargs or {}).items())
     rows = [
         ("data", f"{train_split.description}: {len(train_split)} training, {len(val_split)} validation images, "
                  f"{num_classes} classes"),
@@ -294,7 +294,7 @@ def _measure(model, train_batches, val_batches, val_count, batch_size):
     return step, val_batch * math.ceil(val_count / batch_size) + 2 * save, save
 
 
-def _rounds(config, step_seconds, overhead_seconds, steps_left, seconds_left):
+def _rounds(step_seconds, overhead_seconds, steps_left, seconds_left):
     """Steps per round: about VALIDATIONS rounds, each validation at most OVERHEAD_SHARE of its round."""
     expected = [s for s in (steps_left, seconds_left and seconds_left / step_seconds) if s]
     expected = max(1, int(min(expected)))
@@ -358,7 +358,7 @@ def train(config, callbacks=()):
         steps_before = WARMUP_STEPS + 1
         if config.val_every is None:
             seconds_left = config.time_budget and config.time_budget - (time.monotonic() - started)
-            config.val_every = _rounds(config, step_s, overhead_s, config.steps, seconds_left)
+            config.val_every = _rounds(step_s, overhead_s, config.steps, seconds_left)
     with open(config_path + ".tmp", "w") as f:
         json.dump({**dataclasses.asdict(config), "num_classes": num_classes, "class_names": train_split.class_names,
                    "chosen": {name: choice.reason for name, choice in choices.items()},

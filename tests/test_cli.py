@@ -34,7 +34,8 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", *TINY, "--data", str(data), "--epochs", "2", "--val-every", "4", "--out", str(out),
+    # 5 timed steps, then 2 rounds of 4 steps, each ending with a validation and a log row
+    assert main(["train", *TINY, "--data", str(data), "--steps", "13", "--val-every", "4", "--out", str(out),
                  "--seed", "1"]) == 0
     return out
 
