@@ -4,6 +4,10 @@ import argparse
 import json
 import os
 import sys
+import traceback
+
+from kseg import modes
+from kseg.errors import KsegError, first_line
 
 
 def _pair(text):
@@ -71,7 +75,7 @@ def _split(args):
 
 
 def cmd_evaluate(args):
-    from kseg import evaluation
+    from kseg import evaluation, report
 
     split = _split(args)
     result = evaluation.evaluate(args.model, split, num_threads=args.threads)
@@ -84,24 +88,24 @@ def cmd_evaluate(args):
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "data": args.data, "split": args.split, **result.to_json()}, f, indent=2)
     if args.confusion:
-        evaluation.confusion_figure(result, args.confusion)
+        report.confusion_figure(result, args.confusion)
 
 
 def cmd_predict(args):
     import numpy as np
     from PIL import Image
 
-    from kseg import evaluation, viz
+    from kseg import runtime, viz
     from kseg.errors import DataError
 
-    runner = evaluation.predictor(args.model, args.threads)
+    runner = runtime.predictor(args.model, args.threads)
     os.makedirs(args.out, exist_ok=True)
     for path in args.images:
         try:
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert("RGB"))
         except (OSError, ValueError) as error:
-            raise DataError(f"{path}: cannot decode image ({error})") from None
+            raise DataError(f"{path}: cannot decode image ({first_line(error)})") from error
         labels = runner.labels(pixels[None].astype(np.float32))[0]
         stem = os.path.splitext(os.path.basename(path))[0]
         viz.label_image(labels).save(os.path.join(args.out, f"{stem}.png"))
@@ -109,56 +113,38 @@ def cmd_predict(args):
         print(f"{path} -> {os.path.join(args.out, stem)}.png, {stem}_overlay.jpg")
 
 
-def _study_config(args, **overrides):
-    from kseg import study
-
-    return study.StudyConfig(num_calibration=args.num_calibration, qat_steps=args.qat_steps,
-                             qat_learning_rate=args.qat_lr, sparsity=args.sparsity, prune_epochs=args.prune_epochs,
-                             batch_size=args.batch_size, **overrides)
-
-
-def _export_input_size(args, model):
-    import kseg
-
-    fixed = tuple(model.input_shape[1:3])
-    input_size = args.input_size or (fixed if None not in fixed else None)
-    if input_size is None:
-        raise kseg.KsegError(f"{args.model} takes any size: pass --input-size for the exported model")
-    return input_size
+def _settings(args, cls=modes.ExportSettings, **more):
+    """The export settings (or a StudyConfig) from the fine-tuning flags."""
+    return cls(num_calibration=args.num_calibration, qat_steps=args.qat_steps, qat_learning_rate=args.qat_lr,
+               sparsity=args.sparsity, prune_epochs=args.prune_epochs, batch_size=args.batch_size, **more)
 
 
 def cmd_export(args):
     import kseg
-    from kseg import evaluation, export, study
+    from kseg import export, provenance, runtime, stage
 
-    model = evaluation.KerasPredictor(args.model).model
-    stem = os.path.join(args.out, os.path.splitext(os.path.basename(args.model))[0])
-    input_size = _export_input_size(args, model)
-    needs_data = any(mode not in ("float32", "float16", "dynamic") for mode in args.modes)
-    train = kseg.data.load(args.calibration_data, "train", num_classes=args.num_classes) if needs_data else None
+    model = runtime.load_keras(args.model)
+    origin = provenance.of_checkpoint(args.model, model)
+    data = args.calibration_data or origin.get("data") or "synthetic"
+    needs_data = any(modes.get(mode).needs_data for mode in args.modes)
+    train = kseg.data.load(data, "train", num_classes=args.num_classes) if needs_data else None
     if args.savedmodel:
-        print(f"{export.save_savedmodel(model, stem + '_savedmodel')}")
-    config = _study_config(args)
-    for mode in args.modes:
-        path = f"{stem}_{mode}.tflite"
-        info = study.export_mode(model, path, mode, input_size, train, source=args.model, config=config,
-                                 output=args.output, io_dtype=args.io_dtype)
-        extra = f", sparsity {info['sparsity']:.2f}, gzip {info['gzip_bytes'] / 1e6:.2f} MB" if "sparsity" in info else ""
-        print(f"{path}: {info['size_bytes'] / 1e6:.2f} MB{extra}, input {info['input']['dtype']}, "
-              f"output {args.output} {info['output']['dtype']}; sidecar {path}.json")
+        print(export.save_savedmodel(model, os.path.join(args.out, stage.artifact_stem(args.model) + "_savedmodel")))
+    results = stage.export_checkpoint(model, args.out, args.modes, args.input_size, train, settings=_settings(args),
+                                      output=args.output, io_dtype=args.io_dtype, source=args.model)
+    stage.write_manifest(args.out, results, calibration_data=data if needs_data else None)
+    print(f"manifest: {os.path.join(args.out, 'manifest.json')} (sidecars: <artifact>.json)")
 
 
 def cmd_quantize_study(args):
     import kseg
-    from kseg import evaluation, study
+    from kseg import study
 
-    model = evaluation.KerasPredictor(args.model).model
-    input_size = _export_input_size(args, model)
     train = kseg.data.load(args.data, "train", num_classes=args.num_classes)
     val = kseg.data.load(args.data, args.split, num_classes=args.num_classes)
-    config = _study_config(args, modes=tuple(args.modes), threads=tuple(args.threads), runs=args.runs,
-                           sensitivity=args.sensitivity)
-    study.run(args.model, train, val, args.out, input_size, config)
+    config = _settings(args, study.StudyConfig, modes=tuple(args.modes), threads=tuple(args.threads), runs=args.runs,
+                       sensitivity=args.sensitivity)
+    study.run(args.model, train, val, args.out, args.input_size, config)
     print(f"report: {os.path.join(args.out, 'study.md')}")
 
 
@@ -236,21 +222,26 @@ def cmd_models(args):
     print(f"\nbackbones: {', '.join(kseg.models.backbones.names())}")
 
 
-EXPORT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8", "qat_int8", "pruned_float32", "pruned_int8")
-
-
 def _add_fine_tuning_args(c):
-    c.add_argument("--num-calibration", type=int, default=100, help="images that calibrate int8 ranges")
-    c.add_argument("--qat-steps", type=int, help="quantization-aware training steps (default: one epoch)")
-    c.add_argument("--qat-lr", type=float, default=1e-5,
+    defaults = modes.ExportSettings()
+    c.add_argument("--num-calibration", type=int, default=defaults.num_calibration,
+                   help="images that calibrate int8 ranges")
+    c.add_argument("--qat-steps", type=int, default=defaults.qat_steps,
+                   help="quantization-aware training steps (default: one epoch)")
+    c.add_argument("--qat-lr", type=float, default=defaults.qat_learning_rate,
                    help="QAT learning rate: small, so the model adapts to quantization without drifting")
-    c.add_argument("--sparsity", type=float, default=0.5, help="pruned_* modes: share of zero weights")
-    c.add_argument("--prune-epochs", type=int, default=2)
-    c.add_argument("--batch-size", type=int, default=8, help="QAT and pruning batch size")
+    c.add_argument("--sparsity", type=float, default=defaults.sparsity, help="pruned_* modes: share of zero weights")
+    c.add_argument("--prune-epochs", type=int, default=defaults.prune_epochs)
+    c.add_argument("--batch-size", type=int, default=defaults.batch_size, help="QAT and pruning batch size")
+
+
+def _modes_help():
+    return "; ".join(f"{name}: {mode.summary}" for name, mode in modes.MODES.items())
 
 
 def parser():
     p = argparse.ArgumentParser(prog="kseg", description="Keras 3 semantic segmentation to LiteRT.")
+    p.add_argument("--debug", action="store_true", help="on an error, show the whole trace, not one line")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     c = commands.add_parser("demo", help="train, evaluate, export, benchmark on the embedded data; write a report")
@@ -281,8 +272,9 @@ def parser():
     c.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     c.add_argument("--lr", type=float, help="initial learning rate, poly decay to 0 (default 1e-3)")
     c.add_argument("--loss", help="e.g. ce, dice, lovasz, ce+0.5*dice (default: from the class balance)")
-    c.add_argument("--augment", choices=["natural", "topdown", "none"],
-                   help="natural photos, or top-down images (microscopy, aerial: flips, turns); default: from the images")
+    c.add_argument("--augment", choices=["natural", "topdown", "flip", "none"],
+                   help="natural photos (scale, colour), top-down images (microscopy, aerial: flips, turns), flips "
+                        "only; default: from the images and the run's length")
     c.add_argument("--seed", type=int)
     c.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"])
     c.add_argument("--distribute", choices=["mirrored"], help="train on every local device via tf.distribute")
@@ -313,15 +305,15 @@ def parser():
     c = commands.add_parser("export", help="SavedModel and LiteRT: post-training, QAT and pruned modes")
     c.add_argument("model", help="a .keras file")
     c.add_argument("--out", required=True, help="output folder")
-    c.add_argument("--modes", nargs="+", default=["float32", "int8"], choices=list(EXPORT_MODES),
-                   help="float32 float16 dynamic int8 int16x8 (post-training), qat_int8 (quantization-aware "
-                        "training), pruned_<mode> (magnitude pruning, then <mode>)")
-    c.add_argument("--input-size", type=_pair, help="input size of the exported model, e.g. 257x257")
-    c.add_argument("--output", default="logits", choices=["logits", "labels"],
+    c.add_argument("--modes", nargs="+", default=["float32", "int8"], choices=list(modes.MODES), help=_modes_help())
+    c.add_argument("--input-size", type=_pair,
+                   help="input size of the exported model, e.g. 257x257 (default: the model's, or its training crop)")
+    c.add_argument("--output", default="logits", choices=list(modes.OUTPUTS),
                    help="logits, or a uint8 label map (argmax inside the graph)")
-    c.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8"], help="int8 models' input/output type")
-    c.add_argument("--calibration-data", default="synthetic",
-                   help="its train split calibrates int8 and fine-tunes QAT and pruning")
+    c.add_argument("--io-dtype", default="uint8", choices=list(modes.IO_DTYPES), help="int8 models' input/output type")
+    c.add_argument("--calibration-data",
+                   help="its train split calibrates int8 and fine-tunes QAT and pruning (default: the checkpoint's "
+                        "training data, else synthetic)")
     c.add_argument("--num-classes", type=int)
     c.add_argument("--savedmodel", action="store_true", help="also write a SavedModel")
     _add_fine_tuning_args(c)
@@ -332,8 +324,9 @@ def parser():
     c.add_argument("--data", default="synthetic", help="train split: calibration and fine-tuning; --split: scores")
     c.add_argument("--split", default="val")
     c.add_argument("--out", required=True, help="folder for the artifacts, study.md, study.json and study.png")
-    c.add_argument("--modes", nargs="+", default=list(EXPORT_MODES), choices=list(EXPORT_MODES))
-    c.add_argument("--input-size", type=_pair, help="input size of the exported models, e.g. 257x257")
+    c.add_argument("--modes", nargs="+", default=list(modes.MODES), choices=list(modes.MODES), help=_modes_help())
+    c.add_argument("--input-size", type=_pair,
+                   help="input size of the exported models, e.g. 257x257 (default: the model's, or its training crop)")
     c.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     c.add_argument("--runs", type=int, default=20, help="timed runs per artifact and thread count")
     c.add_argument("--sensitivity", action="store_true", help="also rank layers by their int8 error")
@@ -372,16 +365,32 @@ def parser():
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ logs (CUDA probing on CPU machines)
     args = parser().parse_args(argv)
-    from kseg.errors import KsegError
-
     try:
         return args.func(args) or 0
-    except KsegError as error:
-        print(f"kseg: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("kseg: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        message = None if args.debug else user_error(error)
+        if message is None:
+            raise
+        print(f"kseg: error: {message}", file=sys.stderr)
+        return 2
+
+
+def user_error(error):
+    """One line for a mistake the user can fix, or None for a fault to show with its trace.
+
+    User mistakes are KsegErrors, and the ValueErrors and TypeErrors of a model builder's argument checks
+    (`--model-arg output_stride=12`), which name the argument.
+    """
+    if isinstance(error, KsegError):
+        return first_line(error, limit=1000)
+    frames = traceback.extract_tb(error.__traceback__)
+    builder = os.path.join("kseg", "models", "")
+    if isinstance(error, (ValueError, TypeError)) and frames and builder in frames[-1].filename:
+        return first_line(error, limit=1000)
+    return None
 
 
 if __name__ == "__main__":

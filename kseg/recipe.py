@@ -11,13 +11,16 @@ The rules, and why:
   below `SMALL_DATA` training images an architecture's `small` width (registry) generalises better and
   trains more steps in the same time.
 - crop: the images' own size up to `CROP` pixels a side (larger crops on large datasets), a multiple of 16.
-- batch: about `PIXELS_PER_BATCH` pixels a step (4 crops of 256x256), 4 to 16 crops.
+- batch: about `PIXELS_PER_BATCH` pixels a step (4 crops of 128x128), 4 to 16 crops: updates, not
+  images, are what a short run lacks (2 minutes on the synthetic shapes: 34% mIoU at batch 4, 30% at 16).
 - length: 30 passes over the data, 1,000 to 40,000 steps, unless epochs, steps or a time budget is given.
 - learning rate: Adam at 1e-3, decayed to 0 over the run (poly 0.9).
 - loss: cross-entropy, plus Dice when one class is rare (< `RARE_CLASS` of the pixels) or there are two
   classes (foreground Dice is what binary masks are judged by, and Dice does not drown a small foreground).
 - augmentation: "topdown" (flips, 90 degree turns, mild scale, brightness) for grey images (microscopy,
-  X-ray), "natural" (scale 0.5-2, horizontal flip, colour jitter) otherwise.
+  X-ray); for colour images "natural" (scale 0.5-2, horizontal flip, colour jitter) in long runs and
+  "flip" in short ones (up to `SHORT_RUN` steps or seconds): a short run underfits, and augmentation
+  only slows it down.
 """
 
 import dataclasses
@@ -31,13 +34,14 @@ SMALL_DATA = 500
 CROP = 256
 CROP_LARGE_DATA = 512  # from LARGE_DATA training images with large pictures
 LARGE_DATA = 2000
-PIXELS_PER_BATCH = 4 * 256 * 256
+PIXELS_PER_BATCH = 4 * 128 * 128  # short runs on CPUs learn most from many small steps
 BATCH_RANGE = (4, 16)
 EPOCHS = 30
 STEP_RANGE = (1000, 40000)
 LEARNING_RATE = 1e-3
 RARE_CLASS = 0.10
 DEFAULT_MODEL = "unet"
+SHORT_RUN = {"steps": 5000, "seconds": 1200}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +92,15 @@ def choose(config, split):
         choices["loss"] = _loss(split)
 
     if config.augment is None:
+        steps = choices["steps"].value if "steps" in choices else config.steps
+        if config.epochs is not None and count:
+            steps = config.epochs * count / batch
+        short = (steps is not None and steps <= SHORT_RUN["steps"]) or (
+            config.time_budget is not None and config.time_budget <= SHORT_RUN["seconds"])
         if stats is not None and stats.grey:
             choices["augment"] = Choice("topdown", "grey images: flips, 90-degree turns, brightness, mild scale")
+        elif short:
+            choices["augment"] = Choice("flip", "a short run: horizontal flips only, stronger augmentation slows it")
         else:
             choices["augment"] = Choice("natural", "colour images: scale 0.5-2, horizontal flips, colour jitter")
     return choices

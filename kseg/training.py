@@ -13,6 +13,7 @@ the last finished round (model, optimizer state, step and time spent included).
 
 import csv
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -388,6 +389,8 @@ def train(config, callbacks=()):
         ],
         verbose=config.verbose,
     )
+    del train_batches, val_batches
+    gc.collect()  # tf.data iterators left to interpreter shutdown can stall the exit for many seconds
     save_atomic(model, last_path)
     if not os.path.exists(best_path):  # e.g. resumed after the last round: keep the contract
         save_atomic(model, best_path)

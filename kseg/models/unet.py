@@ -14,7 +14,7 @@ UPSAMPLING = ("bilinear", "nearest", "transpose")
 
 
 @register("unet", paper="Ronneberger et al. 2015, arXiv:1505.04597", tiny={"filters": 8, "depth": 3},
-          small={"filters": 16})
+          small={"filters": 16, "depth": 3})
 def unet(
     num_classes,
     input_shape=(None, None, 3),
