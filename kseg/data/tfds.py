@@ -10,7 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from kseg.errors import DataError
+from kseg.data.source import Split
+from kseg.errors import DataError, first_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,6 @@ def from_tfds(name, split="train", data_dir=None, download=False, manual_dir=Non
     import tensorflow as tf
     import tensorflow_datasets
 
-    from kseg.data.source import Split
-
     spec = KNOWN.get(name)
     if spec is None:
         if not (image_key and mask_key and num_classes):
@@ -56,9 +55,8 @@ def from_tfds(name, split="train", data_dir=None, download=False, manual_dir=Non
         except (KeyError, ValueError, TypeError):
             pass
     except Exception as error:  # TFDS raises many types; the user needs one line
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = "" if download else " (prepare it first, or pass download=True / --download where a network is available)"
-        raise DataError(f"tfds:{name} split {split!r}: {message}{hint}") from None
+        raise DataError(f"tfds:{name} split {split!r}: {first_line(error)}{hint}") from error
 
     table = np.full(256, 255, np.uint8)
     if spec.label_map is None:
