@@ -272,7 +272,7 @@ def parser():
     c.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     c.add_argument("--lr", type=float, help="initial learning rate, poly decay to 0 (default 1e-3)")
     c.add_argument("--loss", help="e.g. ce, dice, lovasz, ce+0.5*dice (default: from the class balance)")
-    c.add_argument("--augment", choices=["natural", "topdown", "flip", "none"],
+    c.add_argument("--augment", choices=["natural", "topdown", "flip", "turns", "none"],
                    help="natural photos (scale, colour), top-down images (microscopy, aerial: flips, turns), flips "
                         "only; default: from the images and the run's length")
     c.add_argument("--seed", type=int)

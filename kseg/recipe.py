@@ -17,10 +17,10 @@ The rules, and why:
 - learning rate: Adam at 1e-3, decayed to 0 over the run (poly 0.9).
 - loss: cross-entropy, plus Dice when one class is rare (< `RARE_CLASS` of the pixels) or there are two
   classes (foreground Dice is what binary masks are judged by, and Dice does not drown a small foreground).
-- augmentation: "topdown" (flips, 90 degree turns, mild scale, brightness) for grey images (microscopy,
-  X-ray); for colour images "natural" (scale 0.5-2, horizontal flip, colour jitter) in long runs and
-  "flip" in short ones (up to `SHORT_RUN` steps or seconds): a short run underfits, and augmentation
-  only slows it down.
+- augmentation: for grey images (microscopy, X-ray: no up, a fixed scale) "topdown" (flips, 90-degree
+  turns, mild scale, brightness) in long runs and "turns" (flips and turns only) in short ones (up to
+  `SHORT_RUN` steps or seconds); for colour images "natural" (scale 0.5-2, horizontal flip, colour jitter)
+  in long runs and "flip" in short ones: a short run underfits, and augmentation only slows it down.
 """
 
 import dataclasses
@@ -97,7 +97,10 @@ def choose(config, split):
             steps = config.epochs * count / batch
         short = (steps is not None and steps <= SHORT_RUN["steps"]) or (
             config.time_budget is not None and config.time_budget <= SHORT_RUN["seconds"])
-        if stats is not None and stats.grey:
+        grey = stats is not None and stats.grey
+        if grey and short:
+            choices["augment"] = Choice("turns", "grey images, a short run: flips and 90-degree turns only")
+        elif grey:
             choices["augment"] = Choice("topdown", "grey images: flips, 90-degree turns, brightness, mild scale")
         elif short:
             choices["augment"] = Choice("flip", "a short run: horizontal flips only, stronger augmentation slows it")

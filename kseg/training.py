@@ -13,7 +13,6 @@ the last finished round (model, optimizer state, step and time spent included).
 
 import csv
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -339,7 +338,7 @@ def train(config, callbacks=()):
 
     augment = kseg.data.AUGMENTATIONS[config.augment]
 
-    def batches(cache=len(train_split) * math.prod(config.crop_size) * 16 < 2**31):  # small data: decode once
+    def batches(cache=not train_split.in_memory and len(train_split) * math.prod(config.crop_size) * 16 < 2**31):
         train = kseg.data.pipeline(train_split, config.batch_size, size=tuple(config.crop_size), training=True,
                                    seed=config.seed, repeat=True, cache=cache, **augment)
         return train, kseg.data.pipeline(val_split, config.batch_size, cache=cache)
@@ -389,8 +388,6 @@ def train(config, callbacks=()):
         ],
         verbose=config.verbose,
     )
-    del train_batches, val_batches
-    gc.collect()  # tf.data iterators left to interpreter shutdown can stall the exit for many seconds
     save_atomic(model, last_path)
     if not os.path.exists(best_path):  # e.g. resumed after the last round: keep the contract
         save_atomic(model, best_path)

@@ -40,7 +40,8 @@ def test_recipe_fits_the_data(tmp_path):
     assert config.model == "unet" and config.model_kwargs == kseg.models.architecture("unet").small
     assert config.crop_size == (48, 48)  # the images' own size (48x64), a multiple of 16
     assert config.batch_size == recipe.BATCH_RANGE[1]  # small crops: more of them a step
-    assert config.loss == "ce+dice" and config.augment == "topdown"
+    assert config.loss == "ce+dice" and config.augment == "turns"  # grey, and a short run
+    assert resolve(TrainConfig(steps=20000), grey)[0].augment == "topdown"
     assert config.steps >= recipe.STEP_RANGE[0]  # a tiny folder still trains for a meaningful number of steps
     assert config.learning_rate == recipe.LEARNING_RATE
     assert set(choices) >= {"model", "crop_size", "batch_size", "steps", "loss", "augment"}

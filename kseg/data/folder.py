@@ -28,6 +28,7 @@ LAYOUTS = (("images", "masks"), ("JPEGImages", "SegmentationClass"))
 IGNORE_LABEL = 255
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 HOLDOUT = 0.2  # share of a folder without a val/ split that validates (chosen by file name, stably)
+IN_MEMORY_BYTES = 1 << 30  # folders whose decoded pixels fit are decoded once, up front
 
 
 def find_layout(root):
@@ -245,8 +246,6 @@ def from_folder(root, num_classes=None, class_names=None, colors=None, subset=No
     `subset` "train" or "val" splits a folder that has no val/ folder: about a fifth of the pairs
     (chosen by file name) validate, the rest train; None keeps every pair.
     """
-    import tensorflow as tf
-
     from kseg.data.source import DataStats, Split
 
     report = check(root, num_classes=num_classes, colors=colors)
@@ -262,27 +261,53 @@ def from_folder(root, num_classes=None, class_names=None, colors=None, subset=No
         held = holdout(pairs)
         pairs = [pair for i, pair in enumerate(pairs) if (i in held) == (subset == "val")] if held else pairs
         description = f"{root} [{subset}: {len(pairs)} of {len(report.pairs)} pairs, held out by file name]"
-    image_paths = [image for image, _ in pairs]
-    mask_paths = [mask for _, mask in pairs]
-    binary_255 = report.binary_255
-
-    def decode(image_path, mask_path):
-        image = tf.io.decode_image(
-            tf.io.read_file(image_path), channels=3, dtype=tf.uint8, expand_animations=False
-        )
-        mask = tf.numpy_function(
-            lambda p: read_mask(p.decode(), colors, binary_255), [mask_path], tf.uint8, stateful=False
-        )
-        mask = tf.ensure_shape(mask, [None, None])
-        return image, mask
-
-    examples = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths)).map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE
-    )
+    decoded_bytes = sum(4 * height * width * count for (height, width), count in report.sizes.items())
+    if decoded_bytes <= IN_MEMORY_BYTES:
+        examples = _decoded(pairs, colors, report.binary_255)
+    else:
+        examples = _streamed(pairs, colors, report.binary_255)
     names = list(class_names or _class_names_file(root) or _default_names(report))
     image_size = next(iter(report.sizes)) if len(report.sizes) == 1 else None
     stats = DataStats(report.sizes, report.histogram[: report.num_classes].copy(), report.grey)
-    return Split(examples, report.num_classes, names, len(pairs), description, image_size, stats)
+    return Split(examples, report.num_classes, names, len(pairs), description, image_size, stats,
+                 in_memory=decoded_bytes <= IN_MEMORY_BYTES)
+
+
+def _decoded(pairs, colors, binary_255):
+    """Examples decoded now, in threads, held as tensors: no decoding per epoch, and no Python function inside
+    the tf.data graph (whose in-flight calls can stall the deletion of an iterator, and the process's exit)."""
+    import tensorflow as tf
+
+    def read(pair):
+        image_path, mask_path = pair
+        try:  # TensorFlow's decoder, as the streamed path: 16-bit images scale to 8 bits the same way
+            image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, dtype=tf.uint8,
+                                       expand_animations=False).numpy()
+        except tf.errors.OpError as error:
+            raise DataError(f"{image_path}: cannot decode image ({error.message.splitlines()[0]})") from None
+        return image, read_mask(mask_path, colors, binary_255)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        images, masks = zip(*pool.map(read, pairs)) if pairs else ((), ())
+    if len({image.shape for image in images}) <= 1:
+        return tf.data.Dataset.from_tensor_slices((np.stack(images), np.stack(masks)))
+    ragged = tf.ragged.stack([tf.constant(i) for i in images]), tf.ragged.stack([tf.constant(m) for m in masks])
+    return tf.data.Dataset.from_tensor_slices(ragged).map(lambda i, m: (i.to_tensor(), m.to_tensor()))
+
+
+def _streamed(pairs, colors, binary_255):
+    """Examples read and decoded as the pipeline asks for them (large datasets)."""
+    import tensorflow as tf
+
+    def decode(image_path, mask_path):
+        image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, dtype=tf.uint8, expand_animations=False)
+        mask = tf.numpy_function(
+            lambda p: read_mask(p.decode(), colors, binary_255), [mask_path], tf.uint8, stateful=False
+        )
+        return image, tf.ensure_shape(mask, [None, None])
+
+    paths = ([image for image, _ in pairs], [mask for _, mask in pairs])
+    return tf.data.Dataset.from_tensor_slices(paths).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _default_names(report):

@@ -127,7 +127,8 @@ def from_synthetic(split="train", num_images=None, size=(128, 128), seed=0):
     examples = tf.data.Dataset.from_tensor_slices((images, masks))
     description = f"synthetic {split} ({num_images} images, {size[0]}x{size[1]}, seed {seed})"
     stats = DataStats({tuple(size): num_images}, np.bincount(masks.reshape(-1), minlength=len(CLASS_NAMES)))
-    return Split(examples, len(CLASS_NAMES), list(CLASS_NAMES), num_images, description, tuple(size), stats)
+    return Split(examples, len(CLASS_NAMES), list(CLASS_NAMES), num_images, description, tuple(size), stats,
+                 in_memory=True)
 
 
 def write_folder(out_dir, num_images=32, size=(128, 128), seed=0, split="train"):
