@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kseg  # noqa: E402
-from kseg import bench, export  # noqa: E402
+from kseg import modes, stage  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,12 +32,13 @@ def litert_latency(size, runs, threads):
     rows, tmp = {}, tempfile.mkdtemp()
     for mode in ("float32", "int8"):
         path = os.path.join(tmp, f"deeplabv3plus_mobilenetv2_{mode}.tflite")
-        info = export.to_litert(model, path, mode, input_size=size, calibration=calibration, num_calibration=32)
+        result = stage.export_artifact(model, path, mode, size, train=calibration, threads=threads, runs=runs,
+                                       settings=modes.ExportSettings(num_calibration=32))
         for t in threads:
-            stats = bench.benchmark(path, threads=t, runs=runs, warmup=5)
+            stats = result.latency[str(t)]
             rows[f"{mode}@{t}"] = {"mean_ms": stats["mean_ms"], "p50_ms": stats["p50_ms"],
-                                   "p90_ms": stats["p90_ms"], "size_mb": info["size_bytes"] / 1e6,
-                                   "ops": info["ops"]}
+                                   "p90_ms": stats["p90_ms"], "size_mb": result.info["size_bytes"] / 1e6,
+                                   "ops": result.info["ops"]}
     return rows
 
 

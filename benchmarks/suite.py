@@ -189,7 +189,7 @@ def matmul_rate(backend, reps, n=2048):
 
 def inference_fn(model):
     """Batch-1 inference the way kseg runs it: a tf.function (no XLA) on TensorFlow, as
-    `kseg.evaluation.KerasPredictor`; a jitted `stateless_call` on JAX."""
+    `kseg.runtime.KerasPredictor`; a jitted `stateless_call` on JAX."""
     import keras
 
     if keras.backend.backend() == "tensorflow":

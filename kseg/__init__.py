@@ -5,18 +5,19 @@
     model.compile("adam", loss=kseg.losses.CrossEntropy(), metrics=[kseg.metrics.MeanIoU(6)])
 
 `kseg.models`, `kseg.losses` and `kseg.metrics` are backend-agnostic Keras 3 code (TensorFlow, JAX,
-PyTorch). `kseg.data`, `kseg.training`, `kseg.evaluation` and `kseg.export` use TensorFlow and are
-imported on first use.
+PyTorch); the deployment modules (`kseg.runtime`, `kseg.export`, `kseg.compression`, `kseg.stage`)
+use TensorFlow. Every submodule is imported on first use, so `import kseg` (and the command line's
+start) loads no framework. The README's code map describes the layout.
 """
 
 import importlib
 
-from kseg import losses, metrics, models
 from kseg.errors import KsegError
 
 __version__ = "0.1.0"
 
-_LAZY = ("data", "training", "evaluation", "export", "quantization", "study", "bench", "complexity", "demo", "viz")
+_LAZY = ("models", "losses", "metrics", "data", "training", "recipe", "runtime", "evaluation", "bench", "export",
+         "compression", "stage", "study", "complexity", "demo", "viz", "report", "modes", "files", "provenance")
 
 
 def __getattr__(name):
@@ -25,4 +26,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'kseg' has no attribute {name!r}")
 
 
-__all__ = ["KsegError", "losses", "metrics", "models", *_LAZY]
+__all__ = ["KsegError", "__version__", *_LAZY]

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from kseg import files
 from kseg.errors import KsegError
 
 
@@ -35,38 +36,27 @@ def benchmark(path, threads=2, runs=30, warmup=5, input_size=None, seed=0):
 
     `input_size` (height, width) is needed for a `.keras` model that takes any size (default 257x257).
     """
+    from kseg import runtime
+
     if not os.path.exists(path):
         raise KsegError(f"{path}: no such file")
     rng = np.random.default_rng(seed)
     if path.endswith(".tflite"):
-        from kseg.export import LiteRTModel
-
-        runner = LiteRTModel(path, num_threads=threads)
+        runner = runtime.LiteRTModel(path, num_threads=threads)
         image = rng.uniform(0, 255, (*runner.input_size, 3)).astype(np.float32)
         run = lambda: runner.run(image)  # noqa: E731
         input_size = runner.input_size
     elif path.endswith(".keras"):
-        import keras
-
-        from kseg.evaluation import KerasPredictor
-
         _limit_threads(threads)
-        model = keras.saving.load_model(path, compile=False)
-        fixed = tuple(model.input_shape[1:3])
+        predictor = runtime.KerasPredictor(path)
+        fixed = tuple(predictor.model.input_shape[1:3])
         input_size = fixed if None not in fixed else tuple(input_size or (257, 257))
         image = rng.uniform(0, 255, (1, *input_size, 3)).astype(np.float32)
-        predict = KerasPredictor(model)._predict
-        run = lambda: np.asarray(predict(image))  # noqa: E731
+        run = lambda: predictor.logits(image)  # noqa: E731
     else:
         raise KsegError(f"{path}: expected a .tflite or .keras file")
     stats = time_calls(run, warmup, runs)
-    return {"path": path, "threads": threads, "input_size": list(input_size), "size_bytes": _size(path), **stats}
-
-
-def _size(path):
-    if os.path.isdir(path):
-        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-    return os.path.getsize(path)
+    return {"path": path, "threads": threads, "input_size": list(input_size), "size_bytes": files.size(path), **stats}
 
 
 def _limit_threads(threads):

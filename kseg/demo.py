@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 import kseg
-from kseg import viz
+from kseg import report, viz
 
 
 @dataclasses.dataclass
@@ -39,25 +39,25 @@ class DemoConfig:
                    model_kwargs=dict(kseg.models.architecture("deeplabv3plus").tiny))
 
 
-def _stage(number, title):
+def _step(number, title):
     print(f"\n[{number}/6] {title}", flush=True)
 
 
 def run(config):
     """Runs the demo; returns the results dict that `results.json` holds."""
-    from kseg import bench, evaluation, export, training
+    from kseg import bench, evaluation, files, runtime, stage, training
 
     started = time.time()
     os.makedirs(config.out_dir, exist_ok=True)
     size = (config.image_size, config.image_size)
     data_options = {"num_images": config.num_images, "size": size, "seed": config.seed}
 
-    _stage(1, f"data: synthetic shapes, {config.num_images} training images at {size[0]}x{size[1]}")
+    _step(1, f"data: synthetic shapes, {config.num_images} training images at {size[0]}x{size[1]}")
     train_split = kseg.data.load("synthetic", "train", **data_options)
     val_split = kseg.data.load("synthetic", "val", **data_options)
     print(f"      {train_split.description}\n      {val_split.description}")
 
-    _stage(2, f"training DeepLabV3+ (MobileNetV2) for {config.steps} steps")
+    _step(2, f"training DeepLabV3+ (MobileNetV2) for {config.steps} steps")
     train_config = training.TrainConfig(
         model="deeplabv3plus", model_kwargs=config.model_kwargs, data="synthetic", data_options=data_options,
         crop_size=size, batch_size=config.batch_size, steps=config.steps, seed=config.seed,
@@ -68,53 +68,46 @@ def run(config):
     result = training.train(train_config)
     train_seconds = time.time() - train_started
 
-    _stage(3, "evaluating the Keras model on the validation split")
+    _step(3, "evaluating the Keras model on the validation split")
     keras_eval = evaluation.evaluate(result.best_path, val_split)
     print(f"      mIoU {100 * keras_eval.scores['miou']:.2f}")
 
-    _stage(4, "exporting LiteRT float32 and full int8 (uint8 in and out, calibrated on training images)")
-    artifacts = {"keras": result.best_path}
-    model = kseg.evaluation.KerasPredictor(result.best_path).model
-    for mode in ("float32", "int8"):
-        path = os.path.join(config.out_dir, f"deeplabv3plus_{mode}.tflite")
-        info = export.to_litert(model, path, mode=mode, input_size=size, calibration=train_split,
-                                class_names=train_split.class_names, source=result.best_path)
-        artifacts[mode] = path
-        print(f"      {path}: {info['size_bytes'] / 1e6:.2f} MB, ops {', '.join(info['ops'])}")
-
-    _stage(5, "evaluating the LiteRT artifacts")
-    evaluations = {"keras": keras_eval}
-    for mode in ("float32", "int8"):
-        evaluations[mode] = evaluation.evaluate(artifacts[mode], val_split)
-        print(f"      {mode}: mIoU {100 * evaluations[mode].scores['miou']:.2f}")
-    agreement = evaluation.agreement(artifacts["float32"], artifacts["int8"], val_split)
+    _step(4, "exporting LiteRT float32 and full int8 (uint8 in and out, calibrated on training images), "
+             f"each evaluated and timed at threads {', '.join(map(str, config.threads))}")
+    exported = stage.export_checkpoint(
+        runtime.load_keras(result.best_path), config.out_dir, ("float32", "int8"), size, train_split, val_split,
+        threads=config.threads, runs=config.bench_runs, stem="deeplabv3plus", agreement=True, progress=False,
+        source=result.best_path)
+    for artifact in exported:
+        print(f"      {artifact.summary()}")
+    agreement = exported[1].agreement
     print(f"      int8 labels agree with float32 on {100 * agreement:.2f}% of pixels")
 
-    _stage(6, f"benchmarking at {size[0]}x{size[1]}, threads {', '.join(map(str, config.threads))}")
-    latency = {}
-    for name, path in artifacts.items():
-        for threads in config.threads:
-            stats = bench.benchmark(path, threads=threads, runs=config.bench_runs, input_size=size)
-            latency[f"{name}@{threads}"] = stats
-            print(f"      {name:8s} {threads} thread(s): {stats['mean_ms']:.1f} ms mean, p90 {stats['p90_ms']:.1f} ms")
+    _step(5, f"timing the Keras model at {size[0]}x{size[1]}, threads {', '.join(map(str, config.threads))}")
+    keras_latency = {}
+    for threads in config.threads:
+        stats = bench.benchmark(result.best_path, threads=threads, runs=config.bench_runs, input_size=size)
+        keras_latency[str(threads)] = stats["mean_ms"]
+        print(f"      keras    {threads} thread(s): {stats['mean_ms']:.1f} ms mean, p90 {stats['p90_ms']:.1f} ms")
 
+    _step(6, "writing the report")
+    evaluations = {"keras": keras_eval, **{artifact.mode: artifact.evaluation for artifact in exported}}
+    entries = [{"artifact": os.path.basename(result.best_path), "mode": "keras", "path": result.best_path,
+                "size_bytes": files.size(result.best_path), "miou": keras_eval.scores["miou"],
+                "latency_ms": keras_latency}]
+    entries += [{**artifact.entry(), "path": artifact.path, "agreement": None} for artifact in exported]
     results = {
         "config": dataclasses.asdict(config),
         "train_seconds": train_seconds,
         "artifacts": {
-            name: {
-                "path": path,
-                "size_bytes": bench._size(path),
-                "miou": evaluations[name].scores["miou"],
-                "scores": {k: v for k, v in evaluations[name].scores.items()},
-                "latency_ms": {str(t): latency[f"{name}@{t}"]["mean_ms"] for t in config.threads},
-            }
-            for name, path in artifacts.items()
+            entry["mode"]: {"path": entry["path"], "size_bytes": entry["size_bytes"], "miou": entry["miou"],
+                            "scores": dict(evaluations[entry["mode"]].scores), "latency_ms": entry["latency_ms"]}
+            for entry in entries
         },
         "int8_agreement": agreement,
         "class_names": train_split.class_names,
     }
-    _write_report(config, results, evaluations)
+    _write_report(config, results, evaluations, entries)
     results["seconds"] = time.time() - started
     with open(os.path.join(config.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -122,21 +115,13 @@ def run(config):
     return results
 
 
-def _write_report(config, results, evaluations):
-    from kseg.evaluation import confusion_figure
-
+def _write_report(config, results, evaluations, entries):
     out = config.out_dir
-    _overlays(evaluations, os.path.join(out, "overlays.png"))
-    confusion_figure(evaluations["int8"], os.path.join(out, "confusion_int8.png"))
-    latency_plot(results["artifacts"], max(config.threads), os.path.join(out, "latency_miou.png"))
     threads = max(config.threads)
-    rows = ["| artifact | size (MB) | mIoU | Δ vs Keras | " + " | ".join(f"ms @{t} thr" for t in config.threads) + " |",
-            "|---|---:|---:|---:|" + "---:|" * len(config.threads)]
-    base = results["artifacts"]["keras"]["miou"]
-    for name, a in results["artifacts"].items():
-        cells = " | ".join(f"{a['latency_ms'][str(t)]:.1f}" for t in config.threads)
-        rows.append(f"| {name} | {a['size_bytes'] / 1e6:.2f} | {100 * a['miou']:.2f} "
-                    f"| {100 * (a['miou'] - base):+.2f} | {cells} |")
+    _overlays(evaluations, os.path.join(out, "overlays.png"))
+    report.confusion_figure(evaluations["int8"], os.path.join(out, "confusion_int8.png"))
+    report.latency_plot(entries, threads, os.path.join(out, "latency_miou.png"))
+    table = report.artifacts_table(entries, config.threads, reference=entries[0])
     float_ms = results["artifacts"]["float32"]["latency_ms"][str(threads)]
     int8_ms = results["artifacts"]["int8"]["latency_ms"][str(threads)]
     text = f"""# kseg demo report
@@ -144,7 +129,7 @@ def _write_report(config, results, evaluations):
 DeepLabV3+ (MobileNetV2) trained for {config.steps} steps of {config.batch_size} ({results['train_seconds'] / 60:.1f} min) on
 {config.num_images} synthetic {config.image_size}x{config.image_size} images; scores on the validation split.
 
-{chr(10).join(rows)}
+{table}
 
 - int8 latency is {int8_ms / float_ms:.2f}x float32 at {threads} threads; int8 labels agree with float32 on
   {100 * results['int8_agreement']:.2f}% of validation pixels.
@@ -179,26 +164,3 @@ def _overlays(evaluations, path, count=4):
         rows.append(np.concatenate(parts, axis=1))
         rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
     Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(path)
-
-
-def latency_plot(artifacts, threads, path):
-    """Latency (ms) against mIoU, one point per artifact."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, a in artifacts.items():
-        x, y = a["latency_ms"][str(threads)], 100 * a["miou"]
-        ax.scatter(x, y, s=30 + a["size_bytes"] / 5e4, alpha=0.7)
-        ax.annotate(f"{name} ({a['size_bytes'] / 1e6:.1f} MB)", (x, y), textcoords="offset points", xytext=(6, 4))
-    ax.set_xscale("log")
-    ax.set_xlabel(f"latency, ms (batch 1, {threads} threads, log scale)")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("latency versus mIoU (marker area ~ file size)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -1,4 +1,4 @@
-"""Export: SavedModel, and LiteRT (TFLite) in float32, float16, dynamic-range, full-int8 and int16x8.
+"""Conversion: a Keras model to a builtins-only LiteRT file (post-training modes) or a SavedModel.
 
     kseg.export.to_litert(model, "model_int8.tflite", mode="int8", input_size=(257, 257),
                           calibration=train_split)
@@ -6,24 +6,24 @@
 LiteRT files use builtin ops only (what phones and microcontrollers run); a model that would need
 TensorFlow (Flex) ops fails with an ExportError naming them. Full-int8 models take uint8 RGB pixels
 (scale 1, zero point 0: feed the camera's bytes as they are) and return uint8. Every artifact gets
-a JSON sidecar (`<file>.json`) that says classes, input size, normalisation, output and quantization.
+a JSON sidecar (`<file>.json`) that says classes, input size, normalisation, output, quantization
+and provenance. The modes that fine-tune first (QAT, pruning) are `kseg.stage`'s; running a file is
+`kseg.runtime`'s.
 """
 
-import gzip
-import json
 import os
 import re
 import shutil
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from kseg.errors import ExportError, KsegError
+from kseg import files, modes, provenance
+from kseg.errors import ExportError, KsegError, first_line
+from kseg.runtime import LiteRTModel
 
-MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
-OUTPUTS = ("logits", "labels")
+CALIBRATION_IMAGES = modes.ExportSettings.num_calibration
 
 
 def _serving_function(model, input_size, output, batch_size=1):
@@ -41,26 +41,7 @@ def _serving_function(model, input_size, output, batch_size=1):
     return serve
 
 
-def gzip_size(path):
-    """Bytes of `path` gzip-compressed (level 9): the download size, which pruning's zeros shrink."""
-    with open(path, "rb") as f:
-        return len(gzip.compress(f.read(), compresslevel=9))
-
-
-def write_atomic(path, data):
-    """Writes bytes to `path` through a temporary file in the same folder and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=directory, prefix=".tmp-", delete=False) as f:
-        f.write(data)
-    os.replace(f.name, path)
-
-
-def write_sidecar(path, info):
-    write_atomic(path + ".json", json.dumps(info, indent=2).encode())
-
-
-def calibration_images(split, input_size, count=100, seed=0):
+def calibration_images(split, input_size, count=CALIBRATION_IMAGES, seed=0):
     """Up to `count` float32 images (1, H, W, 3) resized to `input_size`, for int8 calibration.
 
     The first image gets one black and one white pixel, so the input range calibrates to exactly
@@ -78,14 +59,14 @@ def calibration_images(split, input_size, count=100, seed=0):
 
 
 def litert_converter(model, mode="float32", input_size=(257, 257), calibration=None, output="logits",
-                     num_calibration=100, io_dtype="uint8"):
-    """A `tf.lite.TFLiteConverter` set up for `mode` with builtin ops only (what `to_litert` runs)."""
-    if mode not in MODES:
-        raise KsegError(f"unknown export mode {mode!r}; available: {', '.join(MODES)}")
-    if output not in OUTPUTS:
-        raise KsegError(f"output must be one of {OUTPUTS}, got {output!r}")
-    if io_dtype not in ("uint8", "int8"):
-        raise KsegError(f"io_dtype must be 'uint8' or 'int8', got {io_dtype!r}")
+                     num_calibration=CALIBRATION_IMAGES, io_dtype="uint8"):
+    """A `tf.lite.TFLiteConverter` set up for a post-training `mode` with builtin ops only (what `to_litert` runs)."""
+    if modes.get(mode).fine_tune:
+        raise KsegError(f"export mode {mode!r} fine-tunes the model first: export it with kseg.stage.convert")
+    if output not in modes.OUTPUTS:
+        raise KsegError(f"output must be one of {modes.OUTPUTS}, got {output!r}")
+    if io_dtype not in modes.IO_DTYPES:
+        raise KsegError(f"io_dtype must be one of {modes.IO_DTYPES}, got {io_dtype!r}")
     input_size = tuple(int(s) for s in input_size)
     serve = _serving_function(model, input_size, output).get_concrete_function()
     # Freeze the weights ourselves: handing the converter the model as trackable object can leave
@@ -97,7 +78,7 @@ def litert_converter(model, mode="float32", input_size=(257, 257), calibration=N
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if mode in ("int8", "int16x8"):
+    if modes.MODES[mode].calibrates:
         if calibration is None:
             raise KsegError(f"{mode} export needs calibration images (a data split)")
         images = calibration if isinstance(calibration, list) else calibration_images(
@@ -116,19 +97,20 @@ def litert_converter(model, mode="float32", input_size=(257, 257), calibration=N
 
 
 def to_litert(model, path, mode="float32", input_size=(257, 257), calibration=None, output="logits",
-              num_calibration=100, class_names=None, source=None, io_dtype="uint8"):
+              num_calibration=CALIBRATION_IMAGES, class_names=None, source=None, io_dtype="uint8", origin=None):
     """Converts a Keras model to a builtins-only LiteRT file (written atomically); returns the sidecar dict.
 
     `calibration`: a `kseg.data.Split` or a list of float32 (1, H, W, 3) arrays, needed by "int8"
     and "int16x8". `io_dtype`: the int8 model's input and output type, "uint8" (raw pixels: scale 1,
-    zero point 0) or "int8" (pixels - 128: scale 1, zero point -128).
+    zero point 0) or "int8" (pixels - 128: scale 1, zero point -128). `source`: the checkpoint the
+    model came from; `origin`: its provenance (default: `kseg.provenance.of_checkpoint(source, model)`).
     """
     converter = litert_converter(model, mode, input_size, calibration, output, num_calibration, io_dtype)
     try:
         flatbuffer = converter.convert()
     except Exception as error:  # ConverterError carries MLIR diagnostics: keep the op names only
-        raise _conversion_error(model, mode, error) from None
-    write_atomic(path, flatbuffer)
+        raise _conversion_error(model, mode, error) from error
+    files.write_atomic(path, flatbuffer)
 
     input_size = tuple(int(s) for s in input_size)
     runner = LiteRTModel(path)
@@ -153,9 +135,26 @@ def to_litert(model, path, mode="float32", input_size=(257, 257), calibration=No
         },
         "ops": runner.ops(),
         "size_bytes": os.path.getsize(path),
+        "calibration": _calibration_record(mode, calibration, num_calibration),
+        "provenance": origin if origin is not None else provenance.of_checkpoint(source, model),
+        "kseg_version": provenance.version(),
     }
     write_sidecar(path, info)
     return info
+
+
+def write_sidecar(path, info):
+    """`info` as the artifact's JSON sidecar, `<path>.json`."""
+    files.write_json(path + ".json", info)
+
+
+def _calibration_record(mode, calibration, num_calibration):
+    if not modes.MODES[mode].calibrates or calibration is None:
+        return None
+    if isinstance(calibration, list):
+        return {"images": len(calibration), "data": "given arrays"}
+    return {"images": min(num_calibration, calibration.length or num_calibration),
+            "data": calibration.description}
 
 
 def _conversion_error(model, mode, error):
@@ -165,8 +164,8 @@ def _conversion_error(model, mode, error):
         return ExportError(
             f"{model.name}: {mode} LiteRT export needs ops that are not LiteRT builtins: {', '.join(ops)}"
         )
-    first = next((line for line in text.splitlines() if "error" in line.lower()), text.splitlines()[0] if text else "")
-    return ExportError(f"{model.name}: {mode} LiteRT conversion failed: {first.strip()[:300]}")
+    first = next((line.strip() for line in text.splitlines() if "error" in line.lower()), first_line(error))
+    return ExportError(f"{model.name}: {mode} LiteRT conversion failed: {first[:300]}")
 
 
 def save_savedmodel(model, path, input_size=None):
@@ -196,94 +195,3 @@ def save_savedmodel(model, path, input_size=None):
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
     return path
-
-
-class LiteRTModel:
-    """A .tflite file ready to run: `LiteRTModel(path, num_threads=2).labels(image)`.
-
-    Handles quantized inputs and outputs, and any image size (resized to the model's input, the
-    prediction resized back with nearest neighbour).
-    """
-
-    def __init__(self, path, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        if not os.path.exists(path):
-            raise KsegError(f"{path}: no such file")
-        try:
-            self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as error:
-            raise KsegError(f"{path}: not a usable LiteRT model ({str(error).splitlines()[0]})") from None
-        self.path = path
-        self.input = self._details(self.interpreter.get_input_details()[0])
-        self.output = self._details(self.interpreter.get_output_details()[0])
-        self.input_size = tuple(int(s) for s in self.input["shape"][1:3])
-        self.output_kind = "labels" if len(self.output["shape"]) == 3 else "logits"
-
-    @staticmethod
-    def _details(details):
-        scale, zero_point = details["quantization"]
-        return {
-            "index": details["index"],
-            "shape": details["shape"],
-            "dtype": details["dtype"],
-            "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
-        }
-
-    def ops(self):
-        """Sorted names of the builtin ops in the graph (e.g. CONV_2D, RESIZE_BILINEAR), before delegation."""
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        plain = Interpreter(
-            model_path=self.path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        )
-        return sorted({op["op_name"] for op in plain._get_ops_details()})
-
-    def run(self, image):
-        """Raw output for one float32 image (H, W, 3) in [0, 255] already at the input size; dequantized."""
-        quant = self.input["quantization"]
-        x = np.asarray(image, np.float32)[None]
-        if self.input["dtype"] != np.float32:
-            info = np.iinfo(self.input["dtype"])
-            x = np.clip(np.round(x / quant["scale"] + quant["zero_point"]), info.min, info.max)
-        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
-        self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self.output["index"])[0]
-        quant = self.output["quantization"]
-        if self.output_kind == "logits" and quant:
-            y = (y.astype(np.float32) - quant["zero_point"]) * quant["scale"]
-        return y
-
-    def logits(self, image):
-        """Dequantized logits for one image of any size, resized back to that size."""
-        if self.output_kind != "logits":
-            raise KsegError(f"{self.path} outputs labels, not logits")
-        image = np.asarray(image, np.float32)
-        logits = self.run(_resize(image, self.input_size))
-        return _resize(logits, image.shape[:2])
-
-    def labels(self, image):
-        """uint8 (H, W) class map for one float32 RGB image (H, W, 3) in [0, 255] of any size."""
-        image = np.asarray(image, np.float32)
-        output = self.run(_resize(image, self.input_size))
-        if self.output_kind == "logits":
-            return _labels_at(output, tf.constant(image.shape[:2])).numpy()
-        labels = output.astype(np.uint8)
-        if labels.shape != image.shape[:2]:
-            labels = tf.image.resize(labels[..., None], image.shape[:2], method="nearest").numpy()[..., 0]
-        return labels
-
-
-def _resize(array, size):
-    return array if array.shape[:2] == tuple(size) else tf.image.resize(array, size).numpy()
-
-
-@tf.function(reduce_retracing=True)
-def _labels_at(logits, size):
-    """Bilinear resize of (h, w, C) logits to `size`, then argmax (or > 0 for one channel), as uint8:
-    one graph call per image instead of separate eager ops (2.6x faster evaluation)."""
-    logits = tf.image.resize(logits, size)
-    if logits.shape[-1] == 1:
-        return tf.cast(logits[..., 0] > 0, tf.uint8)
-    return tf.cast(tf.argmax(logits, axis=-1), tf.uint8)

@@ -151,7 +151,7 @@ def test_caffe_normalisation_round_trips_through_a_keras_file(tmp_path):
 @requires_tensorflow
 def test_mobilenetv3_dilated_converts_to_litert_builtins(tmp_path):
     """Hard-swish becomes the HARD_SWISH builtin and squeeze-excite plain MEAN/CONV_2D/ADD/MUL: no Flex ops."""
-    from kseg import export
+    from kseg import export, runtime
 
     pixels = blocks.pixel_input((None, None, 3))
     features = backbones.build("mobilenetv3_small", pixels, output_stride=16, alpha=0.35)
@@ -161,5 +161,5 @@ def test_mobilenetv3_dilated_converts_to_litert_builtins(tmp_path):
     assert "HARD_SWISH" in info["ops"]
     assert not any(op.startswith("FLEX") for op in info["ops"]), info["ops"]
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
-    np.testing.assert_allclose(export.LiteRTModel(path).run(x[0]), keras.ops.convert_to_numpy(model(x))[0],
+    np.testing.assert_allclose(runtime.LiteRTModel(path).run(x[0]), keras.ops.convert_to_numpy(model(x))[0],
                                atol=1e-4, rtol=1e-4)

@@ -209,10 +209,30 @@ def test_quantize_study_writes_table_plot_and_sensitivity(run_dir, data, tmp_pat
     assert "| qat_int8 |" in (out / "study.md").read_text() and os.path.getsize(out / "study.png") > 1000
 
 
-def test_cli_export_modes_are_the_study_modes():
-    from kseg import cli, study
+def test_export_takes_size_and_provenance_from_the_run(run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir / "best.keras"), "--out", str(tmp_path), "--modes", "float32"]) == 0
+    info = json.loads((tmp_path / "best_float32.tflite.json").read_text())
+    assert info["input"]["shape"] == [1, 32, 32, 3]  # the run's training crop: no --input-size needed
+    assert info["provenance"]["architecture"] == "unet"
+    assert info["provenance"]["builder_args"] == {"filters": 4, "depth": 2}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [entry["artifact"] for entry in manifest["artifacts"]] == ["best_float32.tflite"]
 
-    assert tuple(cli.EXPORT_MODES) == study.MODES
+
+def test_the_command_line_starts_without_tensorflow():
+    code = "import sys, kseg.cli; kseg.cli.parser(); print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_builder_argument_errors_are_one_line_and_debug_shows_the_trace(tmp_path):
+    args = ["train", "--model", "deeplabv3plus", "--model-arg", "output_stride=12", "--steps", "1",
+            "--out", str(tmp_path / "o")]
+    result = kseg(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "kseg: error: output_stride must be 8, 16 or 32, got 12"
+    result = kseg("--debug", *args)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "output_stride must be" in result.stderr
 
 
 def test_data_check_lists_skipped_files_and_train_runs_on_a_flat_folder(tmp_path, capsys):

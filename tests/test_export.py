@@ -9,7 +9,7 @@ import pytest
 
 import kseg
 from conftest import requires_tensorflow
-from kseg import export
+from kseg import export, runtime
 
 pytestmark = requires_tensorflow
 SIZE = (48, 56)
@@ -39,7 +39,7 @@ def test_float_litert_matches_keras_for_every_architecture(name, tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (1, *SIZE, 3)).astype("float32")
     path = str(tmp_path / f"{name}.tflite")
     info = export.to_litert(model, path, "float32", input_size=SIZE)
-    got = export.LiteRTModel(path).logits(x[0])
+    got = runtime.LiteRTModel(path).logits(x[0])
     np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(x))[0], atol=1e-4, rtol=1e-4)
     assert "DELEGATE" not in info["ops"] and not any(op.startswith("FLEX") for op in info["ops"])
 
@@ -61,9 +61,9 @@ def test_int8_labels_agree_with_float_on_a_trained_model(trained):
     export.to_litert(model, float_path, "float32", input_size=SIZE)
     export.to_litert(model, int8_path, "int8", input_size=SIZE, calibration=train, num_calibration=32)
     assert kseg.evaluation.agreement(float_path, int8_path, val) > 0.95
-    keras_labels = kseg.evaluation.KerasPredictor(model).labels(np.stack(images(val)))
+    keras_labels = runtime.KerasPredictor(model).labels(np.stack(images(val)))
     assert len(np.unique(keras_labels)) >= 3 and (keras_labels != 0).mean() > 0.05  # not all background
-    float_labels = kseg.evaluation.LiteRTPredictor(float_path).labels(images(val))
+    float_labels = runtime.LiteRTPredictor(float_path).labels(images(val))
     assert (keras_labels == float_labels).mean() > 0.999
 
 
@@ -76,8 +76,8 @@ def test_fused_label_map_output(trained, mode):
     assert info["output"]["kind"] == "labels" and info["output"]["dtype"] == "uint8"
     assert info["output"]["shape"] == [1, *SIZE] and "ARG_MAX" in info["ops"]
     x = images(train, 2)
-    want = kseg.evaluation.KerasPredictor(model).labels(np.stack(x))
-    got = kseg.evaluation.LiteRTPredictor(path).labels(x)
+    want = runtime.KerasPredictor(model).labels(np.stack(x))
+    got = runtime.LiteRTPredictor(path).labels(x)
     assert (got == want).mean() > 0.9
 
 
@@ -137,22 +137,44 @@ def test_bench_reports_latency_statistics_and_size(trained):
     assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"]
 
 
-def test_export_stage_writes_artifacts_and_manifest(trained, tmp_path):
-    import importlib.util
-
+def test_export_stage_writes_artifacts_and_manifest(trained, tmp_path, monkeypatch):
     model, _, _ = trained
     checkpoint = str(tmp_path / "run" / "best.keras")
     os.makedirs(tmp_path / "run")
     model.save(checkpoint)
-    spec = importlib.util.spec_from_file_location(
-        "export_stage", os.path.join(os.path.dirname(__file__), "..", "export", "run.py"))
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
+    kseg.provenance.write_keras_sidecar(checkpoint, "deeplabv3plus", {"tiny": True}, crop_size=list(SIZE))
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), ".."))
+    from export import run as stage  # the top-level export/ stage is importable
+
     out = tmp_path / "artifacts"
-    assert stage.main([checkpoint, "--out", str(out), "--modes", "float32", "dynamic",
-                       "--input-size", *map(str, SIZE)]) == 0
+    assert stage.main([checkpoint, "--out", str(out), "--modes", "float32", "dynamic"]) == 0  # size from the sidecar
     manifest = json.loads((out / "manifest.json").read_text())
     assert [e["mode"] for e in manifest["artifacts"]] == ["float32", "dynamic"]
     for entry in manifest["artifacts"]:
         assert os.path.getsize(out / entry["artifact"]) == entry["size_bytes"] and 0 <= entry["miou"] <= 1
+        assert entry["input"]["shape"] == [1, *SIZE, 3] and entry["latency_ms"]["2"] > 0
     assert "| run_best_dynamic.tflite | dynamic |" in (out / "report.md").read_text()
+    sidecar = json.loads((out / "run_best_dynamic.tflite.json").read_text())
+    assert sidecar["provenance"]["architecture"] == "deeplabv3plus"
+    assert sidecar["provenance"]["builder_args"] == {"tiny": True}
+    assert sidecar["kseg_version"] == kseg.__version__ and sidecar["calibration"] is None
+
+
+def test_every_mode_is_in_one_table():
+    from kseg import modes
+
+    assert list(modes.MODES) == ["float32", "float16", "dynamic", "int8", "int16x8", "qat_int8", "pruned_float32",
+                                 "pruned_int8"]
+    assert modes.POST_TRAINING == ("float32", "float16", "dynamic", "int8", "int16x8")
+    assert [name for name, mode in modes.MODES.items() if mode.needs_data] == [
+        "int8", "int16x8", "qat_int8", "pruned_float32", "pruned_int8"]
+    with pytest.raises(kseg.KsegError, match="unknown export mode 'int4'; available: float32, "):
+        modes.get("int4")
+
+
+def test_int8_sidecar_records_calibration_and_provenance(trained):
+    model, train, out = trained
+    path = str(out / "provenance.tflite")
+    info = export.to_litert(model, path, "int8", input_size=SIZE, calibration=train, num_calibration=4)
+    assert info["calibration"] == {"images": 4, "data": train.description}
+    assert info["provenance"]["architecture"] == model.name and info["kseg_version"] == kseg.__version__

@@ -17,7 +17,8 @@ SIZE = (48, 56)
 if keras.backend.backend() == "tensorflow":
     import tf_keras
 
-    from kseg import quantization as q
+    from kseg import compression as q
+    from kseg.compression import bridge
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_bridge_reproduces_every_architecture(name):
 
 def test_qat_gives_an_int8_litert_file_that_agrees_with_the_float_model(trained, tmp_path):
     model, train, images = trained
-    float_labels = kseg.evaluation.KerasPredictor(model).labels(images)
+    float_labels = kseg.runtime.KerasPredictor(model).labels(images)
     assert np.bincount(float_labels.ravel()).max() < 0.95 * float_labels.size  # not a constant map
     qat = q.quantization_aware_training(model, train, SIZE, steps=4, run_eagerly=True)
     path = str(tmp_path / "qat.tflite")
@@ -74,7 +75,7 @@ def test_qat_gives_an_int8_litert_file_that_agrees_with_the_float_model(trained,
     assert builtins_only(info["ops"]) and "CONV_2D" in info["ops"]
     assert info["input"]["dtype"] == "uint8" and info["output"]["dtype"] == "uint8"
     assert info["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
-    int8_labels = kseg.evaluation.LiteRTPredictor(path).labels(list(images))
+    int8_labels = kseg.runtime.LiteRTPredictor(path).labels(list(images))
     assert (int8_labels == float_labels).mean() > 0.9  # fine-tuning moves the model too: 0.94 measured
     qat_labels = np.asarray(qat(images, training=False)).argmax(-1)
     assert (int8_labels == qat_labels).mean() > 0.97  # what QAT simulates is what the file computes
@@ -94,7 +95,7 @@ def test_pruning_reaches_the_sparsity_and_exports(trained, tmp_path):
     assert builtins_only(info["ops"])
     assert info["training"] == "pruned" and info["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert info["gzip_bytes"] < info["size_bytes"] == os.path.getsize(path)
-    got = kseg.export.LiteRTModel(path).logits(images[0])
+    got = kseg.runtime.LiteRTModel(path).logits(images[0])
     np.testing.assert_allclose(got, np.asarray(stripped(images[:1], training=False))[0], atol=1e-3)
 
 
@@ -123,9 +124,9 @@ def test_registered_twins_plug_in_and_divergent_ones_are_located(monkeypatch):
         def call(self, x):
             return x * self.factor
 
-    monkeypatch.setitem(q._TWINS, "Doubling", lambda layer, args, kwargs: (TfDoubling(name=layer.name), args, kwargs))
-    monkeypatch.setitem(q._QUANTIZE_CONFIGS, "TfDoubling", q.OutputQuantizeConfig)
-    monkeypatch.setitem(q._CUSTOM_OBJECTS, "TfDoubling", TfDoubling)
+    monkeypatch.setitem(bridge._TWINS, "Doubling", lambda layer, args, kwargs: (TfDoubling(name=layer.name), args, kwargs))
+    monkeypatch.setitem(bridge._QUANTIZE_CONFIGS, "TfDoubling", q.OutputQuantizeConfig)
+    monkeypatch.setitem(bridge._CUSTOM_OBJECTS, "TfDoubling", TfDoubling)
     model = small_model(Doubling(name="double"))
     twin = q.to_tf_keras(model)
     assert "quant_double" in {layer.name for layer in q.quantize_twin(twin).layers}

@@ -1,0 +1,37 @@
+"""Compression through tensorflow-model-optimization: the tf_keras bridge, QAT and pruning.
+
+`bridge` rebuilds a Keras 3 model as a tf_keras twin (`twins` holds those of kseg's own layers);
+`qat` and `pruning` fine-tune that twin; `tuning` holds what they share (the fine-tuning loop and
+the LiteRT export of a tf_keras model).
+"""
+
+from kseg.compression import twins  # noqa: F401 - registers the twins of kseg's layers
+from kseg.compression.bridge import (
+    Keras3Call,
+    OutputQuantizeConfig,
+    keras3_call_twin,
+    register_quantize_config,
+    register_twin,
+    to_tf_keras,
+)
+from kseg.compression.pruning import prune, prune_to_litert, zero_share
+from kseg.compression.qat import initialise_ranges, qat_to_litert, quantization_aware_training, quantize_twin
+from kseg.compression.tuning import MaskedCrossEntropy, export_tf_keras
+
+__all__ = [
+    "Keras3Call",
+    "MaskedCrossEntropy",
+    "OutputQuantizeConfig",
+    "export_tf_keras",
+    "initialise_ranges",
+    "keras3_call_twin",
+    "prune",
+    "prune_to_litert",
+    "qat_to_litert",
+    "quantization_aware_training",
+    "quantize_twin",
+    "register_quantize_config",
+    "register_twin",
+    "to_tf_keras",
+    "zero_share",
+]

@@ -1,0 +1,60 @@
+"""tf_keras twins of kseg's own layers (`kseg.models.blocks`, `kseg.models.backbones`), for the bridge.
+
+Importing `kseg.compression` registers them.
+"""
+
+import tensorflow as tf
+import tf_keras
+
+from kseg.compression.bridge import keras3_call_twin, register_quantize_config, register_twin, same_name_twin
+
+
+class StaticResize(tf_keras.layers.Layer):
+    """tf_keras twin of `kseg.models.blocks.ResizeLike` at a static size: resizes its input to `size`."""
+
+    def __init__(self, size, interpolation="bilinear", **kwargs):
+        super().__init__(**kwargs)
+        self.size = tuple(int(s) for s in size)
+        self.interpolation = interpolation
+
+    def call(self, x):
+        return tf.image.resize(x, self.size, method=self.interpolation)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape([input_shape[0], *self.size, input_shape[-1]])
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size), "interpolation": self.interpolation}
+
+
+register_quantize_config(StaticResize)
+
+
+@register_twin("ResizeLike")
+def _resize_like_twin(layer, args, kwargs):
+    x, reference = args[0]
+    (height, width), size = tuple(x.shape[1:3]), tuple(reference.shape[1:3])
+    if size[0] % height == 0 and size[1] % width == 0 and size[0] // height == size[1] // width > 1:
+        # An integer upscale: the layer tfmot quantizes natively (and the one kseg builds at static sizes).
+        twin = tf_keras.layers.UpSampling2D(size[0] // height, interpolation=layer.interpolation, name=layer.name)
+    else:
+        twin = StaticResize(size, layer.interpolation, name=layer.name)
+    return twin, (x,), {}
+
+
+@register_twin("CropLike")
+def _crop_like_twin(layer, args, kwargs):
+    x, reference = args[0]
+    (height, width), (ref_height, ref_width) = tuple(x.shape[1:3]), tuple(reference.shape[1:3])
+    return tf_keras.layers.Cropping2D(((0, height - ref_height), (0, width - ref_width)), name=layer.name), (x,), {}
+
+
+register_twin("ReverseChannels")(keras3_call_twin)  # kseg.models.backbones: RGB -> BGR (REVERSE_V2)
+register_twin("MaxUnpooling2D")(keras3_call_twin)  # kseg.models.blocks: SegNet's unpooling (builtins only)
+
+
+@register_twin("BatchNormalization")
+def _batch_norm_twin(layer, args, kwargs):
+    """keras.layers.BatchNormalization and kseg's (which only trains faster) both become tf_keras's."""
+    return same_name_twin(layer, args, kwargs, subclasses=True)
+

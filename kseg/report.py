@@ -1,0 +1,90 @@
+"""Reporting: markdown tables and the plots that kseg's reports show (latency against mIoU, confusion).
+
+    kseg.report.markdown_table(["mode", "mIoU"], [["int8", "71.20"]], align="lr")
+"""
+
+import numpy as np
+
+
+def markdown_table(header, rows, align=None):
+    """A markdown table; `align` holds one letter per column, "l" (left) or "r" (right; default for all
+    but the first column)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = [header, rule, *rows]
+    return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
+
+
+def artifacts_table(entries, threads, reference=None):
+    """One row per artifact entry of `kseg.stage` (or the demo's Keras model): size, gzip size, latency at each
+    thread count and mIoU; with a `reference` entry, the change of mIoU against it; where measured, the share
+    of pixels whose label agrees with the stage's reference artifact (float32)."""
+    agreement = any(e.get("agreement") is not None for e in entries)
+    header = ["artifact", "mode", "size (MB)", "gzip (MB)", *(f"ms @{t} thr" for t in threads), "mIoU",
+              *([f"Δ vs {reference['mode']}"] if reference else []), *(["agrees with float32"] if agreement else [])]
+    rows = []
+    for e in entries:
+        miou = e.get("miou")
+        row = [e["artifact"], e["mode"], f"{e['size_bytes'] / 1e6:.2f}",
+               f"{e['gzip_bytes'] / 1e6:.2f}" if e.get("gzip_bytes") else "-",
+               *(f"{e['latency_ms'][str(t)]:.1f}" if str(t) in e.get("latency_ms", {}) else "-" for t in threads),
+               "-" if miou is None else f"{100 * miou:.2f}"]
+        if reference:
+            known = miou is not None and reference.get("miou") is not None
+            row.append(f"{100 * (miou - reference['miou']):+.2f}" if known else "-")
+        if agreement:
+            row.append("-" if e.get("agreement") is None else f"{100 * e['agreement']:.2f}%")
+        rows.append(row)
+    return markdown_table(header, rows, "ll" + "r" * (len(header) - 2))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def latency_plot(entries, threads, path):
+    """Latency (ms) against mIoU, one point per entry (dicts with "artifact" or "mode", "latency_ms" by thread
+    count, "miou", "size_bytes")."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for e in entries:
+        x, y = e["latency_ms"][str(threads)], 100 * e["miou"]
+        ax.scatter(x, y, s=30 + e["size_bytes"] / 5e4, alpha=0.7)
+        ax.annotate(f"{e.get('label', e['mode'])} ({e['size_bytes'] / 1e6:.1f} MB)", (x, y),
+                    textcoords="offset points", xytext=(6, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency, ms (batch 1, {threads} threads, log scale)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("latency versus mIoU (marker area ~ file size)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion_figure(result, path):
+    """Saves the row-normalised confusion matrix of a `kseg.evaluation.EvaluationResult` as a PNG."""
+    plt = _pyplot()
+    confusion = result.confusion.astype(np.float64)
+    normalised = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    size = 1.2 + 0.6 * len(result.class_names)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(result.class_names)), result.class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(result.class_names)), result.class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), value in np.ndenumerate(normalised):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.5 else "black", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title(f"confusion (rows sum to 1), mIoU {100 * result.scores['miou']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,190 @@
+"""The export stage: a trained model in, evaluated and timed LiteRT artifacts out, each with a manifest entry.
+
+    results = kseg.stage.export_checkpoint("runs/kseg/best.keras", "artifacts", ["float32", "int8"],
+                                           train=train, val=val, threads=(2,))
+    kseg.stage.write_manifest("artifacts", results)     # manifest.json and report.md
+
+`export_artifact` is the one path from a model to an artifact: convert in any mode of
+`kseg.modes.MODES` (fine-tuning first for QAT and pruning), then evaluate on `val`, time at each
+thread count and compare with a reference artifact, each when asked. `kseg export`,
+`kseg quantize-study`, `export/run.py` and `kseg demo` all produce their artifacts through it, and
+name them alike: `<stem>_<mode>.tflite`, with a JSON sidecar.
+"""
+
+import dataclasses
+import os
+
+from kseg import bench, evaluation, export, files, modes, provenance, report, runtime
+from kseg.errors import KsegError
+from kseg.evaluation import EvaluationResult
+
+
+def convert(model, path, mode, input_size, train=None, settings=None, source=None, output="logits", io_dtype="uint8",
+            class_names=None, origin=None):
+    """Writes `model` as a LiteRT file in any export mode; returns its sidecar dict.
+
+    `train` (a `kseg.data.Split`) calibrates int8 ranges and fine-tunes the QAT and pruned modes, as
+    `settings` (a `kseg.modes.ExportSettings`) says.
+    """
+    spec = modes.get(mode)
+    settings = settings or modes.ExportSettings()
+    if spec.needs_data and train is None:
+        need = "fine-tunes the model" if spec.fine_tune else "calibrates its ranges"
+        raise KsegError(f"{mode} {need}: it needs training data")
+    common = dict(class_names=class_names or (train.class_names if train is not None else None), source=source,
+                  num_calibration=settings.num_calibration, output=output, origin=origin)
+    if spec.fine_tune is None:
+        return export.to_litert(model, path, spec.quantization, input_size, calibration=train, io_dtype=io_dtype,
+                                **common)
+    from kseg import compression
+
+    if spec.fine_tune == "qat":
+        return compression.qat_to_litert(model, path, train, input_size, steps=settings.qat_steps,
+                                         batch_size=settings.batch_size, learning_rate=settings.qat_learning_rate,
+                                         **common)
+    return compression.prune_to_litert(model, path, train, input_size, sparsity=settings.sparsity,
+                                       mode=spec.quantization, epochs=settings.prune_epochs,
+                                       batch_size=settings.batch_size, **common)
+
+
+@dataclasses.dataclass
+class StageResult:
+    """One artifact: its sidecar, and what the stage measured of it (None where not asked)."""
+
+    mode: str
+    path: str
+    info: dict  # the sidecar
+    evaluation: EvaluationResult | None = None
+    latency: dict = dataclasses.field(default_factory=dict)  # str(threads) -> kseg.bench.benchmark statistics
+    agreement: float | None = None  # share of pixels whose label agrees with the reference artifact
+    source: str | None = None
+
+    @property
+    def miou(self):
+        return None if self.evaluation is None else self.evaluation.scores["miou"]
+
+    def entry(self):
+        """The manifest entry: plain JSON."""
+        info = self.info
+        entry = {"mode": self.mode, "artifact": os.path.basename(self.path), "source": self.source,
+                 "size_bytes": info["size_bytes"], "gzip_bytes": info.get("gzip_bytes") or files.gzip_size(self.path),
+                 "miou": self.miou, "latency_ms": {t: s["mean_ms"] for t, s in self.latency.items()},
+                 "agreement": self.agreement, "input": info["input"], "output": info["output"], "ops": info["ops"]}
+        return {**entry, **{key: info[key] for key in ("training", "sparsity") if info.get(key) is not None}}
+
+    def summary(self):
+        """One line for the console: size, types, then mIoU, agreement and latency when measured."""
+        info = self.info
+        parts = [f"{info['size_bytes'] / 1e6:.2f} MB"]
+        if info.get("sparsity") is not None:
+            parts.append(f"sparsity {info['sparsity']:.2f}, gzip {info['gzip_bytes'] / 1e6:.2f} MB")
+        parts.append(f"input {info['input']['dtype']}, output {info['output']['kind']} {info['output']['dtype']}")
+        if self.miou is not None:
+            parts.append(f"mIoU {100 * self.miou:.2f}")
+        if self.agreement is not None:
+            parts.append(f"agreement {100 * self.agreement:.2f}%")
+        parts += [f"{stats['mean_ms']:.1f} ms @{threads}" for threads, stats in self.latency.items()]
+        return f"{self.path}: " + ", ".join(parts)
+
+
+def export_artifact(model, path, mode, input_size, train=None, val=None, settings=None, threads=(), runs=20,
+                    reference=None, source=None, output="logits", io_dtype="uint8", origin=None):
+    """Export -> evaluate -> time: writes `path` in `mode` and returns a StageResult.
+
+    Evaluates on `val` when given, times at each of `threads` (`runs` timed calls each) and measures
+    agreement with the `reference` artifact (a path) on `val` when both are given.
+    """
+    info = convert(model, path, mode, input_size, train, settings, source, output, io_dtype, origin=origin)
+    result = StageResult(mode, path, info, source=source)
+    if val is not None:
+        result.evaluation = evaluation.evaluate(path, val, progress=False)
+        if reference is not None:
+            result.agreement = 1.0 if reference == path else evaluation.agreement(reference, path, val)
+    for count in threads:
+        result.latency[str(count)] = bench.benchmark(path, threads=count, runs=runs)
+    return result
+
+
+def artifact_stem(checkpoint, with_folder=False):
+    """"best" for "runs/a/best.keras"; with_folder: "a_best" (checkpoints of several runs in one folder)."""
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    if with_folder:
+        stem = os.path.basename(os.path.dirname(os.path.abspath(checkpoint))) + "_" + stem
+    return stem
+
+
+def input_size_of(model, input_size=None, origin=None):
+    """The export input size: the one given, else the model's fixed size, else the training crop of its run."""
+    if input_size:
+        return tuple(int(s) for s in input_size)
+    fixed = tuple(model.input_shape[1:3])
+    if None not in fixed:
+        return fixed
+    crop = (origin or {}).get("crop_size")
+    if crop:
+        return tuple(int(s) for s in crop)
+    raise KsegError(f"{model.name} takes any size: give the exported model's input size (--input-size)")
+
+
+def export_checkpoint(checkpoint, out_dir, mode_names, input_size=None, train=None, val=None, settings=None,
+                      threads=(), runs=20, output="logits", io_dtype="uint8", stem=None, agreement=False,
+                      progress=True, source=None):
+    """Every mode of one checkpoint (a `.keras` path or a Keras model) through `export_artifact`.
+
+    Files are `out_dir/<stem>_<mode>.tflite` (stem: the checkpoint's file name, or the model's name).
+    `source`: the file a model given as such was loaded from (for its provenance and the stem).
+    `agreement=True` exports float32 first and compares every artifact with it. Returns StageResults.
+    """
+    source = checkpoint if isinstance(checkpoint, str) else source
+    model = runtime.load_keras(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    origin = provenance.of_checkpoint(source, model)
+    input_size = input_size_of(model, input_size, origin)
+    for name in mode_names:
+        modes.get(name)
+    if agreement:
+        mode_names = ["float32", *(name for name in mode_names if name != "float32")]
+    stem = os.path.join(out_dir, stem or (artifact_stem(source) if source else model.name))
+    results, reference = [], None
+    for name in mode_names:
+        result = export_artifact(model, f"{stem}_{name}.tflite", name, input_size, train, val, settings, threads, runs,
+                                 reference, source, output, io_dtype, origin)
+        if agreement and reference is None:
+            reference = result.path
+            result.agreement = 1.0 if val is not None else None
+        results.append(result)
+        if progress:
+            print(f"  {result.summary()}", flush=True)
+    return results
+
+
+def write_manifest(out_dir, results, title="Export report", **meta):
+    """Writes `manifest.json` (the entries and `meta`) and `report.md` (a table) into `out_dir`; returns the entries."""
+    entries = [result.entry() for result in results]
+    files.write_json(os.path.join(out_dir, "manifest.json"), {**meta, "artifacts": entries})
+    threads = sorted({t for e in entries for t in e["latency_ms"]}, key=int)
+    lines = [f"# {title}", ""]
+    lines += [f"- {key}: {value}" for key, value in meta.items() if not isinstance(value, (dict, list))]
+    lines += ["", report.artifacts_table(entries, threads), ""]
+    files.write_atomic(os.path.join(out_dir, "report.md"), "\n".join(lines).encode())
+    return entries
+
+
+def train_zoo(out_dir, input_size, epochs, data):
+    """Trains every registered architecture (its narrow test configuration) briefly; returns the checkpoints."""
+    import kseg
+    from kseg import training
+
+    checkpoints = []
+    for name in kseg.models.names():
+        run_dir = os.path.join(out_dir, "runs", name)
+        best = os.path.join(run_dir, "best.keras")
+        builder_args = dict(kseg.models.architecture(name).tiny)
+        if not os.path.exists(best):
+            print(f"training {name} for {epochs} epoch(s)", flush=True)
+            training.train(training.TrainConfig(
+                model=name, model_kwargs=builder_args, data=data,
+                data_options={"num_images": 64, "size": input_size} if data == "synthetic" else {},
+                crop_size=input_size, epochs=epochs, out_dir=run_dir, verbose=0))
+            provenance.write_keras_sidecar(best, name, builder_args, data=data, crop_size=list(input_size))
+        checkpoints.append(best)
+    return checkpoints
