@@ -10,7 +10,8 @@ The rules, and why:
 - model: from scratch (no download is assumed), a U-Net segments small and medium data best for its cost;
   below `SMALL_DATA` training images an architecture's `small` width (registry) generalises better and
   trains more steps in the same time.
-- crop: the images' own size up to `CROP` pixels a side (larger crops on large datasets), a multiple of 16.
+- crop: the whole image when it fits in `CROP` pixels a side (a multiple of 16), else `CROP` (larger crops
+  on large datasets): all the context there is, no padding.
 - batch: about `PIXELS_PER_BATCH` pixels a step (4 crops of 128x128), 4 to 16 crops: updates, not
   images, are what a short run lacks (2 minutes on the synthetic shapes: 34% mIoU at batch 4, 30% at 16).
 - length: 30 passes over the data, 1,000 to 40,000 steps, unless epochs, steps or a time budget is given.
@@ -70,9 +71,9 @@ def choose(config, split):
         if size is None:
             choices["crop_size"] = Choice((limit, limit), "image sizes unknown")
         else:
-            side = min(limit, *size)
-            side = side - side % 16 if side >= 32 else side
-            choices["crop_size"] = Choice((side, side), f"images are {size[1]}x{size[0]} (width x height)")
+            crop = tuple(min(limit, side) for side in size)
+            crop = tuple(side - side % 16 if side >= 32 else side for side in crop)
+            choices["crop_size"] = Choice(crop, f"images are {size[1]}x{size[0]} (width x height)")
     crop = choices["crop_size"].value if "crop_size" in choices else tuple(config.crop_size)
 
     if config.batch_size is None:

@@ -38,7 +38,7 @@ def test_recipe_fits_the_data(tmp_path):
     grey = kseg.data.load(str(write_folder(tmp_path / "grey", 10, grey=True)), "train")
     config, choices = resolve(TrainConfig(), grey)
     assert config.model == "unet" and config.model_kwargs == kseg.models.architecture("unet").small
-    assert config.crop_size == (48, 48)  # the images' own size (48x64), a multiple of 16
+    assert config.crop_size == (48, 64)  # the whole image (48x64): it fits
     assert config.batch_size == recipe.BATCH_RANGE[1]  # small crops: more of them a step
     assert config.loss == "ce+dice" and config.augment == "turns"  # grey, and a short run
     assert resolve(TrainConfig(steps=20000), grey)[0].augment == "topdown"
@@ -99,9 +99,9 @@ def test_a_run_can_be_repeated_from_its_config(tmp_path):
                         out_dir=str(tmp_path / "a"), verbose=0)
     kseg.training.train(first)
     stored = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert stored["crop_size"] == [48, 48] and stored["loss"] == "ce+dice" and "loss" in stored["chosen"]
+    assert stored["crop_size"] == [48, 64] and stored["loss"] == "ce+dice" and "loss" in stored["chosen"]
     again = TrainConfig.from_json(str(tmp_path / "a" / "config.json"), out_dir=str(tmp_path / "b"))
-    assert again.crop_size == (48, 48) and again.steps == 12 and again.out_dir == str(tmp_path / "b")
+    assert again.crop_size == (48, 64) and again.steps == 12 and again.out_dir == str(tmp_path / "b")
     kseg.training.train(again)
     a, b = [(tmp_path / run / "log.csv").read_text().splitlines() for run in ("a", "b")]
     assert [row.split(",")[0] for row in a] == [row.split(",")[0] for row in b]
