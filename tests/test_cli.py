@@ -129,6 +129,7 @@ def finished_epochs(metadata):
         return 0
 
 
+@pytest.mark.slow
 def test_training_resumes_after_a_kill(data, tmp_path):
     out = tmp_path / "resume"
     args = [sys.executable, "-m", "kseg.cli", "train", *TINY, "--data", str(data), "--epochs", "40",
@@ -157,6 +158,7 @@ def test_training_resumes_after_a_kill(data, tmp_path):
     assert seconds == sorted(seconds)  # time spent before the kill carries over
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_the_report(tmp_path):
     out = tmp_path / "demo"
     result = kseg("demo", "--quick", "--out", str(out), timeout=900)
@@ -171,6 +173,7 @@ def test_demo_quick_writes_the_report(tmp_path):
     assert set(results["artifacts"]) == {"keras", "float32", "int8"}
 
 
+@pytest.mark.slow
 def test_export_qat_and_pruned_modes(run_dir, data, tmp_path, capsys):
     assert main(["export", str(run_dir / "best.keras"), "--out", str(tmp_path), "--input-size", "32",
                  "--modes", "qat_int8", "pruned_float32", "--calibration-data", str(data), "--qat-steps", "2",
@@ -191,6 +194,7 @@ def test_int8_with_int8_io(run_dir, data, tmp_path):
     assert main(["evaluate", str(tmp_path / "best_int8.tflite"), "--data", str(data)]) == 0
 
 
+@pytest.mark.slow
 def test_quantize_study_writes_table_plot_and_sensitivity(run_dir, data, tmp_path):
     out = tmp_path / "study"
     assert main(["quantize-study", str(run_dir / "best.keras"), "--data", str(data), "--out", str(out),
@@ -225,6 +229,7 @@ def test_the_command_line_starts_without_tensorflow():
     assert result.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.slow
 def test_builder_argument_errors_are_one_line_and_debug_shows_the_trace(tmp_path):
     args = ["train", "--model", "deeplabv3plus", "--model-arg", "output_stride=12", "--steps", "1",
             "--out", str(tmp_path / "o")]

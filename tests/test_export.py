@@ -54,6 +54,7 @@ def test_full_int8_for_every_architecture_takes_raw_pixels(name, tmp_path):
     assert info["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
 
 
+@pytest.mark.slow
 def test_int8_labels_agree_with_float_on_a_trained_model(trained):
     model, train, out = trained
     val = kseg.data.from_synthetic("val", num_images=8, size=SIZE)
@@ -67,6 +68,7 @@ def test_int8_labels_agree_with_float_on_a_trained_model(trained):
     assert (keras_labels == float_labels).mean() > 0.999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["float16", "dynamic", "int8"])
 def test_fused_label_map_output(trained, mode):
     model, train, out = trained
@@ -81,6 +83,7 @@ def test_fused_label_map_output(trained, mode):
     assert (got == want).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_sidecar_describes_the_artifact(trained):
     model, train, out = trained
     path = str(out / "side.tflite")
@@ -109,6 +112,7 @@ def test_ops_litert_lacks_fail_with_their_names(tmp_path):
     assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "x.tflite")
 
 
+@pytest.mark.slow
 def test_savedmodel_serves_inference_mode(trained):
     import tensorflow as tf
 
@@ -128,6 +132,7 @@ def test_unknown_mode_and_missing_calibration():
         export.to_litert(model, "x.tflite", "int8")
 
 
+@pytest.mark.slow
 def test_bench_reports_latency_statistics_and_size(trained):
     model, _, out = trained
     path = str(out / "bench.tflite")
@@ -137,6 +142,7 @@ def test_bench_reports_latency_statistics_and_size(trained):
     assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"]
 
 
+@pytest.mark.slow
 def test_export_stage_writes_artifacts_and_manifest(trained, tmp_path, monkeypatch):
     model, _, _ = trained
     checkpoint = str(tmp_path / "run" / "best.keras")
@@ -172,6 +178,7 @@ def test_every_mode_is_in_one_table():
         modes.get("int4")
 
 
+@pytest.mark.slow
 def test_int8_sidecar_records_calibration_and_provenance(trained):
     model, train, out = trained
     path = str(out / "provenance.tflite")

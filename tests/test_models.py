@@ -25,6 +25,7 @@ def test_output_has_input_size_and_num_classes(name, size):
         assert np.isfinite(keras.ops.convert_to_numpy(out)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", kseg.models.names())
 def test_training_lowers_the_loss(name):
     images, masks = _batch()

@@ -65,6 +65,7 @@ def test_bridge_reproduces_every_architecture(name):
     np.testing.assert_allclose(np.asarray(twin(x, training=False)), want, atol=1e-4 * max(1, np.abs(want).max()))
 
 
+@pytest.mark.slow
 def test_qat_gives_an_int8_litert_file_that_agrees_with_the_float_model(trained, tmp_path):
     model, train, images = trained
     float_labels = kseg.runtime.KerasPredictor(model).labels(images)
@@ -83,6 +84,7 @@ def test_qat_gives_an_int8_litert_file_that_agrees_with_the_float_model(trained,
         assert json.load(f)["training"] == "qat"
 
 
+@pytest.mark.slow
 def test_pruning_reaches_the_sparsity_and_exports(trained, tmp_path):
     model, train, images = trained
     stripped, sparsity = q.prune(model, train, SIZE, target_sparsity=0.5, steps=4, run_eagerly=True,
