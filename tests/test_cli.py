@@ -255,7 +255,7 @@ def test_data_check_lists_skipped_files_and_train_runs_on_a_flat_folder(tmp_path
                  "--steps", "12", "--verbose", "0", "--out", str(run)]) == 0
     captured = capsys.readouterr()
     assert "kseg: note: skipped" in captured.err
-    assert "* augment    topdown" in captured.out and "* loss       ce+dice" in captured.out
+    assert "* augment    turns" in captured.out and "* loss       ce+dice" in captured.out
     assert "kseg: trained 12 steps" in captured.out
     config = json.loads((run / "config.json").read_text())
     assert config["steps"] == 12 and config["num_classes"] == 2
