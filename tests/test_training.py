@@ -74,6 +74,7 @@ def test_recipe_loss_follows_the_class_balance():
     assert choice.value == "ce+dice" and "'c' is 2.0%" in choice.reason
 
 
+@pytest.mark.slow
 def test_time_budget_stops_on_time_with_a_usable_checkpoint(tmp_path):
     data = write_folder(tmp_path / "cells", 6, grey=True)
     budget = 20.0
@@ -93,6 +94,7 @@ def test_time_budget_stops_on_time_with_a_usable_checkpoint(tmp_path):
     assert scores["miou"] > 0.5  # bright discs on a dark background: learnt in seconds
 
 
+@pytest.mark.slow
 def test_a_run_can_be_repeated_from_its_config(tmp_path):
     data = write_folder(tmp_path / "cells", 5)
     first = TrainConfig(model="unet", model_kwargs=TINY_UNET, data=str(data), steps=12, val_every=6,
