@@ -175,13 +175,10 @@ class Schedule(keras.callbacks.Callback):
 class _BatchTimes(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
-        self.train, self.test = [time.monotonic()], [time.monotonic()]
+        self.train = [time.monotonic()]
 
     def on_train_batch_end(self, batch, logs=None):
         self.train.append(time.monotonic())
-
-    def on_test_batch_end(self, batch, logs=None):
-        self.test.append(time.monotonic())
 
 
 def _optimizer(config):
