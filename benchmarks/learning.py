@@ -174,7 +174,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     lines = [f"# Learning benchmark ({args.budget:g} s each, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores)", "",
-             "| dataset | contender | val mIoU | last model's mIoU | Dice (foreground) | steps | process s | vs keras (mIoU) "
+             "| dataset | contender | val mIoU | last model's mIoU | Dice (foreground) | steps | process s "
+             "| vs keras (mIoU) "
              "| vs smp (mIoU) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for dataset, runs in results.items():
@@ -187,9 +188,11 @@ def main():
             ratios = [f"{f['miou'] / by_name[p]['final']['miou']:.2f}x" if p in by_name and by_name[p]["final"]["miou"]
                       else "" for p in ("keras", "smp")]
             last = f.get("miou_last", f["miou"])
-            lines.append(f"| {dataset} | {run['name']} | {100 * f['miou']:.2f} | {100 * last:.2f} | {100 * f['dice_fg']:.2f} | "
-                         f"{f['steps']} | {f['process_seconds']:.0f} | {ratios[0]} | {ratios[1]} |")
-    kseg_settings = {d: next((r.get("settings") for r in runs if r["name"] == "kseg"), None) for d, runs in results.items()}
+            lines.append(f"| {dataset} | {run['name']} | {100 * f['miou']:.2f} | {100 * last:.2f} | "
+                         f"{100 * f['dice_fg']:.2f} | {f['steps']} | {f['process_seconds']:.0f} | "
+                         f"{ratios[0]} | {ratios[1]} |")
+    kseg_settings = {d: next((r.get("settings") for r in runs if r["name"] == "kseg"), None)
+                     for d, runs in results.items()}
     lines += ["", "kseg's chosen settings:", ""]
     for dataset, settings in kseg_settings.items():
         lines += [f"- {dataset}:"] + [f"  - `{s}`" for s in settings or []]

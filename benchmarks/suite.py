@@ -19,6 +19,7 @@ thread per core). The machine is shared and noisy: compare numbers within one ru
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -419,10 +420,8 @@ def versions():
 
     found = {}
     for package in ("tensorflow", "keras", "keras-hub", "jax", "ai-edge-litert", "numpy"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found
 
 

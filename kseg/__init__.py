@@ -15,6 +15,7 @@ import importlib
 from kseg.errors import KsegError
 
 __version__ = "0.1.0"
+IGNORE_LABEL = 255  # the mask value of pixels that no loss, metric or score counts
 
 _LAZY = ("models", "losses", "metrics", "data", "training", "recipe", "runtime", "evaluation", "bench", "export",
          "compression", "stage", "study", "complexity", "demo", "viz", "report", "modes", "files", "provenance")
@@ -26,4 +27,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'kseg' has no attribute {name!r}")
 
 
-__all__ = ["KsegError", "__version__", *_LAZY]
+__all__ = ["IGNORE_LABEL", "KsegError", "__version__", *_LAZY]

@@ -166,6 +166,7 @@ def cmd_bench(args):
 
 
 def cmd_data_check(args):
+    import kseg
     from kseg.data import check
 
     colors = _colors(args.colors)
@@ -184,7 +185,7 @@ def cmd_data_check(args):
     total = max(int(report.histogram.sum()), 1)
     print("  label   pixels      share")
     for label in [i for i in range(256) if report.histogram[i]]:
-        name = "ignore" if label == 255 else str(label)
+        name = "ignore" if label == kseg.IGNORE_LABEL else str(label)
         print(f"  {name:>6}  {int(report.histogram[label]):>10}  {100 * report.histogram[label] / total:6.2f}%")
     if report.problems:
         print(f"{len(report.problems)} problem(s):")
@@ -212,6 +213,15 @@ def cmd_data_synth(args):
     for split, count in (("train", args.num_images), ("val", max(args.num_images // 4, 1))):
         write_folder(os.path.join(args.out, split), count, _pair(str(args.size)), args.seed, split)
     print(f"wrote {args.out}/train and {args.out}/val (images/ and palette masks/)")
+
+
+def cmd_data_pack(args):
+    from kseg.data import shards
+
+    index = shards.pack(args.dir, args.out, args.shards, num_classes=args.num_classes, colors=_colors(args.colors))
+    counts = ", ".join(f"{name} {entry['count']} pairs in {len(entry['files'])} shards"
+                       for name, entry in index["splits"].items())
+    print(f"wrote {args.out}: {counts}, {index['num_classes']} classes (train with: kseg train --data {args.out})")
 
 
 def cmd_models(args):
@@ -343,13 +353,20 @@ def parser():
     c.add_argument("--json", help="write the numbers here")
     c.set_defaults(func=cmd_bench)
 
-    c = commands.add_parser("data", help="check a dataset folder, or write the synthetic one to disk")
+    c = commands.add_parser("data", help="check a dataset folder, pack it as shards, or write the synthetic one")
     data = c.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     d = data.add_parser("check", help="counts, sizes, class histogram and every problem of a folder")
     d.add_argument("dir")
     d.add_argument("--num-classes", type=int)
     d.add_argument("--colors", help="JSON colour table for RGB masks")
     d.set_defaults(func=cmd_data_check)
+    d = data.add_parser("pack", help="write a folder dataset as sharded TFRecord files (large data, many workers)")
+    d.add_argument("dir")
+    d.add_argument("--out", required=True, help="folder for the shards and their index.json")
+    d.add_argument("--shards", type=int, default=8, help="files for the training split (default 8)")
+    d.add_argument("--num-classes", type=int)
+    d.add_argument("--colors", help="JSON colour table for RGB masks")
+    d.set_defaults(func=cmd_data_pack)
     d = data.add_parser("synth", help="write the synthetic dataset as PNG folders")
     d.add_argument("out")
     d.add_argument("--num-images", type=int, default=64)

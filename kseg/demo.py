@@ -126,7 +126,8 @@ def _write_report(config, results, evaluations, entries):
     int8_ms = results["artifacts"]["int8"]["latency_ms"][str(threads)]
     text = f"""# kseg demo report
 
-DeepLabV3+ (MobileNetV2) trained for {config.steps} steps of {config.batch_size} ({results['train_seconds'] / 60:.1f} min) on
+DeepLabV3+ (MobileNetV2) trained for {config.steps} steps of {config.batch_size} \
+({results['train_seconds'] / 60:.1f} min) on
 {config.num_images} synthetic {config.image_size}x{config.image_size} images; scores on the validation split.
 
 {table}

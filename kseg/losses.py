@@ -12,13 +12,14 @@ over the valid pixels of the whole batch. Losses combine with `+` and `*`:
 import keras
 from keras import ops
 
+from kseg import IGNORE_LABEL
 from kseg.errors import KsegError
 
 
 class SegmentationLoss(keras.losses.Loss):
     """Base class: turns labels and logits into flat per-pixel tensors with a validity mask."""
 
-    def __init__(self, ignore_label=255, name=None, reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, ignore_label=IGNORE_LABEL, name=None, reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name or _snake(type(self).__name__), reduction=reduction, dtype=dtype)
         self.ignore_label = ignore_label
 
@@ -207,7 +208,7 @@ class WeightedSum(keras.losses.Loss):
 
     def __init__(self, losses, weights=None, name="weighted_sum", reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.losses = [keras.losses.deserialize(l) if isinstance(l, dict) else l for l in losses]
+        self.losses = [keras.losses.deserialize(term) if isinstance(term, dict) else term for term in losses]
         self.weights = [1.0] * len(self.losses) if weights is None else [float(w) for w in weights]
         if len(self.weights) != len(self.losses):
             raise ValueError(f"got {len(self.losses)} losses but {len(self.weights)} weights")
@@ -220,7 +221,7 @@ class WeightedSum(keras.losses.Loss):
 
     def __add__(self, other):
         terms = self._terms() + (other._terms() if isinstance(other, WeightedSum) else [(1.0, other)])
-        return WeightedSum([l for _, l in terms], [w for w, _ in terms])
+        return WeightedSum([loss for _, loss in terms], [weight for weight, _ in terms])
 
     def __mul__(self, weight):
         return WeightedSum(self.losses, [w * float(weight) for w in self.weights])
@@ -230,7 +231,7 @@ class WeightedSum(keras.losses.Loss):
     def get_config(self):
         return {
             **super().get_config(),
-            "losses": [keras.losses.serialize(l) for l in self.losses],
+            "losses": [keras.losses.serialize(term) for term in self.losses],
             "weights": self.weights,
         }
 
@@ -266,4 +267,4 @@ def get(spec, **kwargs):
             raise KsegError(f"bad weight {weight!r} in loss {spec!r}") from None
     if len(terms) == 1 and terms[0][0] == 1.0:
         return terms[0][1]
-    return WeightedSum([l for _, l in terms], [w for w, _ in terms])
+    return WeightedSum([loss for _, loss in terms], [weight for weight, _ in terms])

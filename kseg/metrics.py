@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kseg import IGNORE_LABEL
+
 
 class ConfusionMatrix(keras.metrics.Metric):
     """Accumulates a (num_classes, num_classes) confusion matrix; `result()` returns it.
@@ -20,7 +22,7 @@ class ConfusionMatrix(keras.metrics.Metric):
     For a binary model (1 logit channel) use num_classes=2: a logit > 0 predicts class 1.
     """
 
-    def __init__(self, num_classes, ignore_label=255, name="confusion_matrix", dtype=None):
+    def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name="confusion_matrix", dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.num_classes = int(num_classes)
         self.ignore_label = ignore_label
@@ -90,7 +92,7 @@ class SegmentationMetrics(ConfusionMatrix):
     coefficient TP / sqrt((TP + FP)(TP + FN))). Means run over classes that occur in labels or predictions.
     """
 
-    def __init__(self, num_classes, ignore_label=255, name="segmentation_metrics", dtype=None):
+    def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name="segmentation_metrics", dtype=None):
         super().__init__(num_classes, ignore_label, name=name, dtype=dtype)
 
     def result(self):
@@ -100,7 +102,7 @@ class SegmentationMetrics(ConfusionMatrix):
 class _OneScore(ConfusionMatrix):
     score = None
 
-    def __init__(self, num_classes, ignore_label=255, name=None, dtype=None):
+    def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name=None, dtype=None):
         super().__init__(num_classes, ignore_label, name=name or self.score, dtype=dtype)
 
     def result(self):
@@ -126,7 +128,7 @@ MeanCosineSimilarity = _one_score(
 class PerClassIoU(ConfusionMatrix):
     """IoU of every class as a vector (NaN-free: a class never seen nor predicted scores 0)."""
 
-    def __init__(self, num_classes, ignore_label=255, name="per_class_iou", dtype=None):
+    def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name="per_class_iou", dtype=None):
         super().__init__(num_classes, ignore_label, name=name, dtype=dtype)
 
     def result(self):
@@ -134,7 +136,7 @@ class PerClassIoU(ConfusionMatrix):
         return _ratio(tp, tp + fp + fn)
 
 
-def confusion_matrix(labels, predictions, num_classes, ignore_label=255):
+def confusion_matrix(labels, predictions, num_classes, ignore_label=IGNORE_LABEL):
     """NumPy confusion matrix (int64) of integer label and prediction maps of the same shape."""
     labels = np.asarray(labels).reshape(-1)
     predictions = np.asarray(predictions).reshape(-1)

@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 import kseg
-from kseg import recipe
+from kseg import files, provenance, recipe
 from kseg.errors import KsegError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -114,7 +114,8 @@ class Schedule(keras.callbacks.Callback):
 
     Time counts from `started` (time.monotonic()) plus `seconds_before` (earlier sessions of a resumed run).
     A time-budget run stops early enough for the last validation and saves to end within the budget:
-    `reserve` seconds, estimated at first, then 1.25 x the last round's overhead plus `final_save`. Each round's step, seconds and learning rate go into the logs
+    `reserve` seconds, estimated at first, then 1.25 x the last round's overhead plus `final_save`. Each
+    round's step, seconds and learning rate go into the logs
     (log.csv), and `overhead` sums the seconds spent between rounds (validation, checkpoints, backups).
     """
 
@@ -301,8 +302,17 @@ def _rounds(step_seconds, overhead_seconds, steps_left, seconds_left):
 
 
 def train(config, callbacks=()):
-    """Trains `config.model` on `config.data`; returns a TrainResult. Resumes if `out_dir` holds a run."""
+    """Trains `config.model` on `config.data`; returns a TrainResult. Resumes if `out_dir` holds a run.
+
+    The run folder is locked while it trains: a second `train` on the same `out_dir` raises a KsegError
+    naming the process that holds it (a lock left by a killed process is taken over).
+    """
     started = time.monotonic()
+    with files.FolderLock(config.out_dir, "kseg train"):
+        return _train(config, callbacks, started)
+
+
+def _train(config, callbacks, started):
     best_path = os.path.join(config.out_dir, "best.keras")
     last_path = os.path.join(config.out_dir, "last.keras")
     config_path = os.path.join(config.out_dir, "config.json")
@@ -335,7 +345,10 @@ def train(config, callbacks=()):
 
     augment = kseg.data.AUGMENTATIONS[config.augment]
 
-    def batches(cache=not train_split.in_memory and len(train_split) * math.prod(config.crop_size) * 16 < 2**31):
+    # Cache decoded crops in memory when a streamed split fits in about 2 GiB (16 bytes a pixel, decoded).
+    fits = not train_split.in_memory and len(train_split) * math.prod(config.crop_size) * 16 < 2**31
+
+    def batches(cache=fits):
         train = kseg.data.pipeline(train_split, config.batch_size, size=tuple(config.crop_size), training=True,
                                    seed=config.seed, repeat=True, cache=cache, **augment)
         return train, kseg.data.pipeline(val_split, config.batch_size, cache=cache)
@@ -361,6 +374,10 @@ def train(config, callbacks=()):
                    "chosen": {name: choice.reason for name, choice in choices.items()},
                    "timing_steps": steps_before}, f, indent=2)
     os.replace(config_path + ".tmp", config_path)
+    for checkpoint in (best_path, last_path):  # what made them, should they leave the run folder
+        provenance.write_keras_sidecar(checkpoint, config.model, config.model_kwargs, num_classes=num_classes,
+                                       class_names=train_split.class_names, data=config.data,
+                                       crop_size=list(config.crop_size))
     rounds = math.ceil(max(config.steps - steps_before, 1) / config.val_every) if config.steps else 10**9
     steps_before += initial_epoch * config.val_every
     if initial_epoch:

@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Folder-check caches of the tests' folders stay out of the user's ~/.cache (subprocesses inherit this).
+os.environ["KSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="kseg-test-cache-")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -8,9 +8,9 @@ import math
 import keras
 import numpy as np
 import pytest
+from conftest import requires_tensorflow
 
 import kseg
-from conftest import requires_tensorflow
 from kseg.models import backbones, blocks
 
 MOBILE = {"mobilenetv2": {"alpha": 0.35}, "mobilenetv3_large": {"alpha": 0.35}, "mobilenetv3_small": {"alpha": 0.35}}
@@ -74,7 +74,8 @@ def twin_weights(tmp_path_factory):
     def make(name):
         if name not in made:
             application = getattr(keras.applications, backbones.get(name).keras_application)
-            reference = application(include_top=False, weights=None, input_shape=(None, None, 3), **MOBILE.get(name, {}))
+            reference = application(include_top=False, weights=None, input_shape=(None, None, 3),
+                                    **MOBILE.get(name, {}))
             _randomize(reference)
             path = str(tmp_path_factory.mktemp("weights") / f"{name}.weights.h5")
             reference.save_weights(path)

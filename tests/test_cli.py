@@ -9,9 +9,11 @@ import sys
 import time
 
 import pytest
-
 from conftest import requires_tensorflow
+
 from kseg.cli import main
+from kseg.errors import KsegError
+from kseg.files import FolderLock
 
 pytestmark = requires_tensorflow
 TINY = ["--model", "unet", "--model-arg", "filters=4", "--model-arg", "depth=2", "--crop-size", "32",
@@ -59,6 +61,29 @@ def test_train_writes_checkpoints_and_logs(run_dir):
     rows = (run_dir / "log.csv").read_text().strip().splitlines()
     assert rows[0].startswith("epoch") and "val_miou" in rows[0] and len(rows) == 3
     assert not os.path.exists(run_dir / "backup")  # removed once training finished
+    sidecar = json.loads((run_dir / "best.keras.json").read_text())  # provenance travels with the checkpoint
+    assert sidecar["architecture"] == "unet" and sidecar["builder_args"] == {"filters": 4, "depth": 2}
+    assert sidecar["num_classes"] == 6 and sidecar["crop_size"] == [32, 32] and sidecar["kseg_version"]
+
+
+def test_a_run_folder_in_use_is_refused_and_a_dead_holder_is_taken_over(data, tmp_path):
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from kseg.files import FolderLock; "
+                               f"lock = FolderLock({str(out)!r}).acquire(); print('locked', flush=True); "
+                               "time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = kseg("train", *TINY, "--data", str(data), "--steps", "7", "--out", str(out))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"is in use by process {holder.pid} on " in result.stderr.strip().splitlines()[-1]
+        assert not os.path.exists(out / "config.json")  # nothing written by the refused run
+    finally:
+        holder.kill()
+        holder.wait()
+    # The killed holder's lock went with its process; and a lock is exclusive within one process too.
+    with FolderLock(str(out)), pytest.raises(KsegError, match="is in use by process"):
+        FolderLock(str(out)).acquire()
 
 
 def test_a_finished_run_is_not_overwritten_silently(run_dir, data, capsys):
@@ -235,7 +260,7 @@ def test_builder_argument_errors_are_one_line_and_debug_shows_the_trace(tmp_path
             "--out", str(tmp_path / "o")]
     result = kseg(*args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "kseg: error: output_stride must be 8, 16 or 32, got 12"
+    assert result.stderr.strip().splitlines()[-1] == "kseg: error: output_stride must be one of (8, 16, 32), got 12"
     result = kseg("--debug", *args)
     assert result.returncode == 1 and "Traceback" in result.stderr and "output_stride must be" in result.stderr
 
@@ -259,3 +284,13 @@ def test_data_check_lists_skipped_files_and_train_runs_on_a_flat_folder(tmp_path
     assert "kseg: trained 12 steps" in captured.out
     config = json.loads((run / "config.json").read_text())
     assert config["steps"] == 12 and config["num_classes"] == 2
+
+
+def test_pack_then_train_on_the_shards(data, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    assert main(["data", "pack", str(data), "--out", str(shards), "--shards", "2"]) == 0
+    assert "train 16 pairs in 2 shards" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--data", str(shards), "--steps", "8", "--val-every", "3", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"] == str(shards) and config["num_classes"] == 6 and os.path.exists(out / "best.keras")

@@ -1,13 +1,14 @@
 """Folder, TFDS and synthetic sources; the pipeline; and one-line errors that name the file."""
 
 import os
+import time
 
 import numpy as np
 import pytest
+from conftest import requires_tensorflow
 from PIL import Image
 
 import kseg
-from conftest import requires_tensorflow
 from kseg import viz
 from kseg.errors import DataError
 
@@ -50,7 +51,7 @@ def test_folder_pairs_by_stem_and_decodes_every_format(folder):
     split = kseg.data.from_folder(str(root), num_classes=6)
     got = examples(split)
     assert len(got) == len(split) == 6 and split.image_size == (40, 48)
-    for (image, mask), want_image, want_mask in zip(got, images, masks):
+    for (image, mask), want_mask in zip(got, masks):
         assert image.shape == (40, 48, 3) and image.dtype == np.uint8
         np.testing.assert_array_equal(mask, want_mask)  # palette masks give indices, not colours
     np.testing.assert_array_equal(got[0][0], images[0])  # lossless PNG decodes exactly
@@ -129,6 +130,33 @@ def test_check_reports_every_problem_and_the_histogram(folder):
     assert report.histogram[:6].sum() == sum((m != 255).sum() for m in masks[:5])
 
 
+def test_a_second_check_of_an_unchanged_folder_decodes_nothing(folder, monkeypatch):
+    from kseg.data import cache
+    from kseg.data import folder as folder_module
+
+    root, _, masks = folder
+    old = time.time() - 60  # files older than the clock's tick, as a real dataset's are
+    for path in root.rglob("*.*"):
+        os.utime(path, (old, old))
+    first = kseg.data.check(str(root))
+    decoded = []
+    for name in ("_image_size", "read_mask"):
+        original = getattr(folder_module, name)
+        monkeypatch.setattr(folder_module, name, lambda *a, _f=original, **k: decoded.append(a[0]) or _f(*a, **k))
+    second = kseg.data.check(str(root))
+    assert decoded == [] and os.listdir(os.path.join(cache.cache_dir(), "folder-checks"))
+    assert second.pairs == first.pairs and second.sizes == first.sizes and second.grey == first.grey
+    np.testing.assert_array_equal(second.histogram, first.histogram)
+
+    changed = np.where(masks[5] == 0, 7, masks[5])  # a label out of range, in one changed file
+    Image.fromarray(changed, mode="L").save(root / "masks" / "f.png")
+    os.utime(root / "masks" / "f.png", (old + 1, old + 1))
+    third = kseg.data.check(str(root), num_classes=6)
+    assert sorted(os.path.basename(p) for p in decoded) == ["f.png", "f.png"]  # that pair, and no other
+    assert len(third.problems) == 1 and "f.png: label 7 out of range" in third.problems[0]
+    assert kseg.data.check(str(root), use_cache=False).histogram[7] == third.histogram[7] > 0
+
+
 def test_pipeline_training_batches_are_joint_and_nearest(folder):
     """Images whose pixel values encode the label show that crops, scales and flips are joint."""
     import tensorflow as tf
@@ -205,3 +233,47 @@ def test_tfds_without_prepared_data_is_a_one_line_error(tmp_path):
 def test_load_rejects_a_missing_folder():
     with pytest.raises(DataError, match="nope: no such folder"):
         kseg.data.load("nope")
+
+
+def _sorted_examples(split):
+    return sorted(((image.tobytes(), mask.tobytes()) for image, mask in examples(split)))
+
+
+def test_packed_shards_read_back_as_the_folder_with_its_statistics(tmp_path):
+    from kseg.data import shards
+
+    data, out = tmp_path / "data", tmp_path / "shards"
+    kseg.data.write_folder(str(data / "train"), 10, (24, 32), seed=1)
+    kseg.data.write_folder(str(data / "val"), 4, (24, 32), seed=2, split="val")
+    (data / "train" / "images" / ".DS_Store").write_bytes(b"junk")  # skipped, as by load()
+    index = shards.pack(str(data), str(out), shards=3, log=lambda line: None)
+    assert sorted(os.listdir(out)) == sorted(["index.json", "pack-plan.json", "val-00000-of-00001.tfrecord"]
+                                             + [f"train-{i:05d}-of-00003.tfrecord" for i in range(3)])
+    for split in ("train", "val"):
+        packed, original = kseg.data.load(str(out), split), kseg.data.load(str(data), split)
+        assert _sorted_examples(packed) == _sorted_examples(original)
+        assert (len(packed), packed.num_classes, packed.class_names, packed.image_size) == (
+            len(original), original.num_classes, original.class_names, original.image_size)
+        np.testing.assert_array_equal(packed.stats.class_pixels, original.stats.class_pixels)
+        assert packed.stats.sizes == original.stats.sizes and packed.stats.grey == original.stats.grey
+    assert index["splits"]["train"]["count"] == 10
+
+
+def test_an_interrupted_pack_has_no_index_and_resumes(tmp_path):
+    from kseg.data import shards
+
+    data, out = tmp_path / "data", tmp_path / "shards"
+    kseg.data.write_folder(str(data), 12, (16, 16), seed=3)  # one folder: split as load() splits it
+    shards.pack(str(data), str(out), shards=4, log=lambda line: None)
+    os.remove(out / "index.json")  # as if killed before the end:
+    os.remove(out / "train-00002-of-00004.tfrecord")
+    assert not shards.is_packed(str(out))
+    with pytest.raises(DataError, match="no split 'train'|not a kseg shard|no such folder|expected subfolders"):
+        kseg.data.load(str(out), "train")
+    written = []
+    shards.pack(str(data), str(out), shards=4, log=written.append)
+    assert written == ["  train: shard 3/4"]  # only the missing shard is written again
+    assert len(kseg.data.load(str(out), "train")) + len(kseg.data.load(str(out), "val")) == 12
+    shards.pack(str(data), str(out), shards=2, log=written.append)  # another plan: starts clean
+    assert sorted(n for n in os.listdir(out) if n.startswith("train")) == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]

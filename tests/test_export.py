@@ -6,9 +6,9 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import requires_tensorflow
 
 import kseg
-from conftest import requires_tensorflow
 from kseg import export, runtime
 
 pytestmark = requires_tensorflow

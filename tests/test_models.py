@@ -107,3 +107,38 @@ def test_bad_weights_file_is_one_line_error(tmp_path):
     with pytest.raises(kseg.KsegError, match="cannot load MobileNetV2 weights") as info:
         kseg.models.deeplabv3plus(3, backbone_weights=str(path), backbone_kwargs={"alpha": 0.35})
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", kseg.models.names())
+@pytest.mark.parametrize("num_classes", [0, -2, 2.5, "3"])
+def test_every_builder_rejects_a_bad_class_count_naming_it(name, num_classes):
+    with pytest.raises(ValueError, match=r"^num_classes must be a positive integer, got"):
+        kseg.models.get(name, num_classes, tiny=True)
+
+
+BAD_ARGUMENTS = [  # (architecture, argument, value, message start): each fails before a layer is built
+    ("unet", "filters", 0, "filters must be a positive integer"),
+    ("unet", "depth", 0, "depth must be a positive integer"),
+    ("unet", "norm", "instance", "norm must be one of"),
+    ("unet", "dropout", 1.5, "dropout must be a rate in [0, 1)"),
+    ("unet", "backbone_kwargs", "alpha=0.5", "backbone_kwargs must be a dict"),
+    ("segnet", "width", -1, "width must be a positive number"),
+    ("fcn8s", "fc_filters", 0, "fc_filters must be a positive integer"),
+    ("fcn32s", "dropout", -0.1, "dropout must be a rate"),
+    ("refinenet", "filters", (256, 256), "filters must give 4 values"),
+    ("refinenet", "pooling_stages", 0, "pooling_stages must be a positive integer"),
+    ("deeplabv3", "output_stride", 12, "output_stride must be one of (8, 16)"),
+    ("deeplabv3", "atrous_rates", (6, 0, 18), "atrous_rates must be a positive integer"),
+    ("deeplabv3plus", "output_stride", 12, "output_stride must be one of (8, 16, 32)"),
+    ("deeplabv3plus", "low_level_stride", 3, "low_level_stride must be one of"),
+    ("deeplabv3plus", "decoder_filters", 0, "decoder_filters must be a positive integer"),
+    ("hrnet", "variant", "w99", "variant must be one of"),
+    ("hrnet", "stem_filters", 0, "stem_filters must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("name, argument, value, message", BAD_ARGUMENTS)
+def test_builders_check_their_arguments(name, argument, value, message):
+    with pytest.raises(ValueError) as error:
+        kseg.models.get(name, NUM_CLASSES, tiny=True, **{argument: value})
+    assert str(error.value).startswith(message)

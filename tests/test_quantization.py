@@ -7,9 +7,9 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import requires_tensorflow
 
 import kseg
-from conftest import requires_tensorflow
 
 pytestmark = requires_tensorflow
 SIZE = (48, 56)
@@ -126,7 +126,8 @@ def test_registered_twins_plug_in_and_divergent_ones_are_located(monkeypatch):
         def call(self, x):
             return x * self.factor
 
-    monkeypatch.setitem(bridge._TWINS, "Doubling", lambda layer, args, kwargs: (TfDoubling(name=layer.name), args, kwargs))
+    monkeypatch.setitem(bridge._TWINS, "Doubling",
+                        lambda layer, args, kwargs: (TfDoubling(name=layer.name), args, kwargs))
     monkeypatch.setitem(bridge._QUANTIZE_CONFIGS, "TfDoubling", q.OutputQuantizeConfig)
     monkeypatch.setitem(bridge._CUSTOM_OBJECTS, "TfDoubling", TfDoubling)
     model = small_model(Doubling(name="double"))

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import requires_tensorflow
 from PIL import Image
 
 import kseg
-from conftest import requires_tensorflow
 from kseg import recipe
 from kseg.training import TrainConfig, resolve
 
@@ -30,7 +30,8 @@ def write_folder(root, count, size=(48, 64), grey=False, labels=(0, 1), seed=0):
         pixels = np.clip(rng.normal(60, 20, size) + 120 * inside, 0, 255).astype(np.uint8)
         image = Image.fromarray(pixels) if grey else Image.fromarray(np.stack([pixels] * 3, -1))
         image.save(root / "images" / f"cell_{i:03d}.png")
-        Image.fromarray(np.where(inside, labels[1], labels[0]).astype(np.uint8)).save(root / "masks" / f"cell_{i:03d}.png")
+        mask = np.where(inside, labels[1], labels[0]).astype(np.uint8)
+        Image.fromarray(mask).save(root / "masks" / f"cell_{i:03d}.png")
     return root
 
 

@@ -77,7 +77,7 @@ def test_deeplabv3_output_stride_sets_the_dilation():
         model = kseg.models.deeplabv3(3, output_stride=output_stride, backbone="mobilenetv2",
                                       backbone_kwargs={"alpha": 0.35}, aspp_filters=8)
         assert model.get_layer("block_16_depthwise").dilation_rate == (rate, rate)
-    with pytest.raises(ValueError, match="output_stride must be 8 or 16, got 32"):
+    with pytest.raises(ValueError, match=r"output_stride must be one of \(8, 16\), got 32"):
         kseg.models.deeplabv3(3, output_stride=32)
 
 

@@ -9,8 +9,8 @@ and 255 marks pixels to ignore. Batches hold float32 pixels in [0, 255]: models 
 """
 
 from kseg.data.folder import DataReport, check, from_folder, read_mask
-from kseg.data.pipeline import AUGMENTATIONS, pipeline
 from kseg.data.loading import load
+from kseg.data.pipeline import AUGMENTATIONS, pipeline
 from kseg.data.source import IGNORE_LABEL, DataStats, Split
 from kseg.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from kseg.data.synthetic import from_synthetic, generate, write_folder

@@ -20,12 +20,13 @@ import sys
 import numpy as np
 from PIL import Image
 
+from kseg import IGNORE_LABEL
+from kseg.data.cache import FolderCheckCache
 from kseg.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 MASK_EXTENSIONS = (".png", ".bmp")
 LAYOUTS = (("images", "masks"), ("JPEGImages", "SegmentationClass"))
-IGNORE_LABEL = 255
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 HOLDOUT = 0.2  # share of a folder without a val/ split that validates (chosen by file name, stably)
 IN_MEMORY_BYTES = 1 << 30  # folders whose decoded pixels fit are decoded once, up front
@@ -148,10 +149,12 @@ class DataReport:
             raise DataError(self.problems[0] + suffix)
 
 
-def check(root, num_classes=None, colors=None, workers=4):
+def check(root, num_classes=None, colors=None, workers=4, use_cache=True):
     """Scans a folder dataset: pairs by stem, decodes every file, checks sizes and label ranges.
 
     Never raises for bad files; returns a DataReport listing each problem as "path: what is wrong".
+    A pair found good before, whose two files kept their sizes and modification times, is not decoded
+    again (`kseg.data.cache`; `use_cache=False` checks everything).
     """
     images_dir, masks_dir = find_layout(root)
     problems, skipped = [], []
@@ -167,8 +170,13 @@ def check(root, num_classes=None, colors=None, workers=4):
     if not pairs and not problems:
         problems.append(f"{images_dir}: empty folder (no image/mask pairs)")
 
+    cache = FolderCheckCache(root, colors) if use_cache else None
+
     def inspect(pair):
         image_path, mask_path = pair
+        known = cache and cache.get(pair)
+        if known:
+            return (*known, None)
         try:
             size, grey = _image_size(image_path)
             mask = read_mask(mask_path, colors)
@@ -179,7 +187,10 @@ def check(root, num_classes=None, colors=None, workers=4):
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {os.path.basename(image_path)} "
                 f"is {size[1]}x{size[0]} (width x height)"
             )
-        return size, grey, np.bincount(mask.reshape(-1), minlength=256), None
+        counts = np.bincount(mask.reshape(-1), minlength=256)
+        if cache:
+            cache.put(pair, size, grey, counts)
+        return size, grey, counts, None
 
     sizes, histogram, per_pair, all_grey = collections.Counter(), np.zeros(256, np.int64), [], bool(pairs)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -191,6 +202,8 @@ def check(root, num_classes=None, colors=None, workers=4):
             sizes[size] += 1
             histogram += counts
             all_grey = all_grey and grey
+    if cache:
+        cache.save()
     binary_255 = histogram[IGNORE_LABEL] > 0 and not histogram[1:IGNORE_LABEL].any() and colors is None
     if binary_255:
         histogram[1], histogram[IGNORE_LABEL] = histogram[IGNORE_LABEL], 0
@@ -213,6 +226,11 @@ def check(root, num_classes=None, colors=None, workers=4):
                 )
     good = [pair for pair, counts in per_pair if counts is not None]
     return DataReport(root, good, sizes, histogram, problems, num_classes, skipped, all_grey, bool(binary_255))
+
+
+def names_of(root, report):
+    """The class names of a checked folder: its `classes.txt`, else generic names for the class count."""
+    return _class_names_file(root) or _default_names(report)
 
 
 def _class_names_file(root):
@@ -266,7 +284,7 @@ def from_folder(root, num_classes=None, class_names=None, colors=None, subset=No
         examples = _decoded(pairs, colors, report.binary_255)
     else:
         examples = _streamed(pairs, colors, report.binary_255)
-    names = list(class_names or _class_names_file(root) or _default_names(report))
+    names = list(class_names or names_of(root, report))
     image_size = next(iter(report.sizes)) if len(report.sizes) == 1 else None
     stats = DataStats(report.sizes, report.histogram[: report.num_classes].copy(), report.grey)
     return Split(examples, report.num_classes, names, len(pairs), description, image_size, stats,

@@ -2,12 +2,12 @@
 
 import os
 
-from kseg.data import folder, synthetic, tfds
+from kseg.data import folder, shards, synthetic, tfds
 from kseg.errors import DataError
 
 
 def load(spec, split="train", num_classes=None, **options):
-    """A split from a spec: "synthetic", "tfds:NAME" or a folder path.
+    """A split from a spec: "synthetic", "tfds:NAME", a folder path, or a folder of shards (`kseg data pack`).
 
     A folder may hold `images/` and `masks/` directly, or one such pair per split (`DIR/train`, `DIR/val`).
     A folder without a `val/` split gives "train" and "val" from one set of pairs: a fifth of them
@@ -21,6 +21,8 @@ def load(spec, split="train", num_classes=None, **options):
         return tfds.from_tfds(spec[len("tfds:"):], split=split, num_classes=num_classes, **options)
     if not os.path.isdir(spec):
         raise DataError(f"{spec}: no such folder (a data spec is a folder, 'synthetic' or 'tfds:NAME')")
+    if shards.is_packed(spec):
+        return shards.from_shards(spec, split, num_classes=num_classes)
     split_dir = os.path.join(spec, split)
     if os.path.isdir(split_dir):
         return folder.from_folder(split_dir, num_classes=num_classes, **options)

@@ -14,8 +14,8 @@ PAD_PIXEL = 127.5  # padding looks like the mean grey; the padded labels are ign
 # Augmentation presets, by what the camera sees. Natural photos have an up and a down, objects at any
 # distance and any colour cast; top-down images (microscopy, aerial, satellite) have no up, a fixed scale
 # and, when grey, no colour to jitter. "flip" (photos) and "turns" (top-down) are for short runs: they
-# underfit, and stronger augmentation only slows them down (2-minute runs on the synthetic shapes: 79% mIoU with flips, 62% with scale 0.75-1.33
-# and colour jitter, 34% with scale 0.5-2).
+# underfit, and stronger augmentation only slows them down (2-minute runs on the synthetic shapes: 79% mIoU
+# with flips, 62% with scale 0.75-1.33 and colour jitter, 34% with scale 0.5-2).
 AUGMENTATIONS = {
     "natural": dict(scale_range=(0.5, 2.0), flip=True, vertical_flip=False, rotate90=False, jitter="color"),
     "flip": dict(scale_range=(1.0, 1.0), flip=True, vertical_flip=False, rotate90=False, jitter=None),

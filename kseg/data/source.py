@@ -5,11 +5,12 @@ picks a source from a short spec)."""
 import dataclasses
 from typing import TYPE_CHECKING
 
+from kseg import IGNORE_LABEL  # noqa: F401  (re-exported: kseg.data.IGNORE_LABEL)
+
 if TYPE_CHECKING:
     import numpy as np
     import tensorflow as tf
 
-IGNORE_LABEL = 255  # mask value of pixels that no loss, metric or score counts
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ Known datasets map their mask values to kseg classes (everything unmapped become
 Other TFDS datasets work given `image_key`, `mask_key` and `num_classes`.
 """
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -50,12 +51,11 @@ def from_tfds(name, split="train", data_dir=None, download=False, manual_dir=Non
             builder.download_and_prepare(download_config=config)
         dataset = builder.as_dataset(split=split)
         length = None
-        try:
+        with contextlib.suppress(KeyError, ValueError, TypeError):  # the count is a hint, not a need
             length = int(builder.info.splits[split].num_examples) or None
-        except (KeyError, ValueError, TypeError):
-            pass
     except Exception as error:  # TFDS raises many types; the user needs one line
-        hint = "" if download else " (prepare it first, or pass download=True / --download where a network is available)"
+        hint = "" if download else (" (prepare it first, or pass download=True / --download where a network"
+                                    " is available)")
         raise DataError(f"tfds:{name} split {split!r}: {first_line(error)}{hint}") from error
 
     table = np.full(256, 255, np.uint8)

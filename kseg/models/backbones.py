@@ -12,12 +12,12 @@ Every feature map at stride s is ceil(input / s) pixels on each side, for any in
 
 import dataclasses
 import inspect
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import keras
 from keras import layers, ops
 
-from kseg.errors import KsegError
+from kseg.errors import KsegError, first_line
 from kseg.models.blocks import BN_MOMENTUM, BatchNormalization, conv_bn_act
 
 # Pixel normalisation of the ImageNet weights, per RGB channel in [0, 255] units: (x - mean) / std.
@@ -31,7 +31,7 @@ class Backbone:
     """Plain data about a backbone: how to build it, how it wants its pixels, where its weights come from."""
 
     build: Callable  # build(x, schedule, **options) -> {stride: tensor}; x is already normalised
-    keras_application: Optional[str]  # name in keras.applications, for ImageNet weights (None: no twin)
+    keras_application: str | None  # name in keras.applications, for ImageNet weights (None: no twin)
     mean: tuple  # per RGB channel, in pixel units: the graph computes (x - mean) / std
     std: tuple
     bgr: bool = False  # the weights expect BGR channel order (Caffe-trained)
@@ -228,7 +228,9 @@ def xception(x, schedule):
 # MobileNetV2 --------------------------------------------------------------------------------------
 
 # (expansion, output channels, repeats, first stride) per stage, from Sandler et al. 2018, table 2.
-_MOBILENETV2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_MOBILENETV2_STAGES = (
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+)
 
 
 def _inverted_residual(x, expansion, filters, stride, rate, block_id):
@@ -430,8 +432,8 @@ def load_weights(name, backbone_model, weights, **options):
         reference = application(include_top=False, weights=weights, input_shape=(224, 224, 3),
                                 **{key: value for key, value in options.items() if key in accepted})
     except Exception as error:  # download failures, wrong files: one line that says which
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise KsegError(f"cannot load {spec.keras_application} weights from {weights!r}: {first_line}") from None
+        raise KsegError(f"cannot load {spec.keras_application} weights from {weights!r}: "
+                        f"{first_line(error)}") from error
     ours = [layer for layer in backbone_model.layers if layer.weights]
     theirs = [layer for layer in reference.layers if layer.weights]
     by_name = {layer.name: layer for layer in theirs}

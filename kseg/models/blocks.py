@@ -97,6 +97,9 @@ class BatchNormalization(layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
+NORMALIZATIONS = ("batch", "group", "layer", "none", None)
+
+
 def normalization(kind, name):
     """A normalisation layer by name: "batch", "group" (8 groups), "layer" or None/"none"."""
     if kind in (None, "none"):
@@ -107,7 +110,7 @@ def normalization(kind, name):
         return layers.GroupNormalization(groups=8, name=name)
     if kind == "layer":
         return layers.LayerNormalization(name=name)
-    raise ValueError(f"normalization must be 'batch', 'group', 'layer' or 'none', got {kind!r}")
+    raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {kind!r}")
 
 
 def conv_bn_act(

@@ -7,7 +7,7 @@ Image Segmentation", arXiv:1706.05587).
 
 import keras
 
-from kseg.models import backbones, blocks
+from kseg.models import arguments, backbones, blocks
 from kseg.models.registry import register
 
 DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
@@ -44,8 +44,13 @@ def deeplabv3(
         aspp_filters: channels of every ASPP branch and of its projection (256 in the paper).
         dropout: after the ASPP projection.
     """
-    if output_stride not in DEFAULT_RATES:
-        raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
+    arguments.common(num_classes, name)
+    arguments.one_of("output_stride", output_stride, DEFAULT_RATES)
+    if atrous_rates is not None:
+        arguments.positive_ints("atrous_rates", atrous_rates)
+    arguments.positive_int("aspp_filters", aspp_filters)
+    arguments.rate("dropout", dropout)
+    arguments.options("backbone_kwargs", backbone_kwargs)
     pixels = blocks.pixel_input(input_shape)
     features = backbones.build(backbone, pixels, output_stride=output_stride, weights=backbone_weights,
                                **(backbone_kwargs or {}))

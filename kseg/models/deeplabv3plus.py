@@ -8,7 +8,7 @@ Convolution for Semantic Image Segmentation", arXiv:1802.02611).
 import keras
 from keras import layers
 
-from kseg.models import backbones, blocks
+from kseg.models import arguments, backbones, blocks
 from kseg.models.registry import register
 
 DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
@@ -50,9 +50,17 @@ def deeplabv3plus(
         low_level_filters: channels the stride-`low_level_stride` features are projected to (48 in the paper).
         dropout: dropout after the ASPP projection.
     """
-    rates = tuple(atrous_rates or DEFAULT_RATES.get(output_stride, ()))
-    if output_stride not in DEFAULT_RATES:
-        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+    arguments.common(num_classes, name)
+    arguments.one_of("output_stride", output_stride, DEFAULT_RATES)
+    arguments.one_of("low_level_stride", low_level_stride, (2, 4, 8, 16))
+    if atrous_rates is not None:
+        arguments.positive_ints("atrous_rates", atrous_rates)
+    for argument, value in (("aspp_filters", aspp_filters), ("decoder_filters", decoder_filters),
+                            ("low_level_filters", low_level_filters)):
+        arguments.positive_int(argument, value)
+    arguments.rate("dropout", dropout)
+    arguments.options("backbone_kwargs", backbone_kwargs)
+    rates = tuple(atrous_rates or DEFAULT_RATES[output_stride])
     if low_level_stride >= output_stride:
         raise ValueError(f"low_level_stride ({low_level_stride}) must be below output_stride ({output_stride})")
     pixels = blocks.pixel_input(input_shape)

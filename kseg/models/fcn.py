@@ -8,7 +8,7 @@ Semantic Segmentation", arXiv:1411.4038).
 import keras
 from keras import layers
 
-from kseg.models import backbones, blocks
+from kseg.models import arguments, backbones, blocks
 from kseg.models.registry import register
 
 _TINY = {"backbone": "vgg16_bn", "backbone_kwargs": {"width": 0.125}, "fc_filters": 64, "dropout": 0.0}
@@ -41,6 +41,12 @@ def fcn(
     Upsampling is `Conv2DTranspose` initialised to bilinear interpolation (trainable); the paper's
     100-pixel input padding is replaced by "same" convolutions and a crop to the input size.
     """
+    arguments.common(num_classes, name)
+    if not set(skips) <= {16, 8} or len(set(skips)) != len(skips) or list(skips) != sorted(skips, reverse=True):
+        raise ValueError(f"skips must be (), (16,) or (16, 8), got {skips!r}")
+    arguments.positive_int("fc_filters", fc_filters)
+    arguments.rate("dropout", dropout)
+    arguments.options("backbone_kwargs", backbone_kwargs)
     pixels = blocks.pixel_input(input_shape)
     features = backbones.build(backbone, pixels, output_stride=32, weights=backbone_weights,
                                **(backbone_kwargs or {}))

@@ -15,7 +15,7 @@ upsamples all four branches to stride 4, concatenates them and classifies every 
 import keras
 from keras import layers
 
-from kseg.models import backbones, blocks
+from kseg.models import arguments, backbones, blocks
 from kseg.models.registry import register
 
 # Stage configurations of the official HRNet-Semantic-Segmentation experiments
@@ -85,14 +85,11 @@ def hrnet(
         model = kseg.models.hrnet(19, variant="w18_small_v2")
         logits = model(numpy.zeros((1, 512, 1024, 3), "float32"))  # (1, 512, 1024, 19)
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}")
-    if width is not None and (not isinstance(width, int) or width < 1):
-        raise ValueError(f"width must be a positive integer or None, got {width!r}")
-    if not isinstance(stem_filters, int) or stem_filters < 1:
-        raise ValueError(f"stem_filters must be a positive integer, got {stem_filters!r}")
-    if upsampling not in UPSAMPLING:
-        raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
+    arguments.common(num_classes, name)
+    arguments.one_of("variant", variant, VARIANTS)
+    arguments.positive_int("width", width, allow_none=True)
+    arguments.positive_int("stem_filters", stem_filters)
+    arguments.one_of("upsampling", upsampling, UPSAMPLING)
     stages = _stage_configs(variant, width)
 
     pixels = blocks.pixel_input(input_shape)

@@ -8,7 +8,7 @@ High-Resolution Semantic Segmentation", arXiv:1611.06612), the 4-cascaded varian
 import keras
 from keras import layers
 
-from kseg.models import backbones, blocks
+from kseg.models import arguments, backbones, blocks
 from kseg.models.registry import register
 
 
@@ -46,8 +46,11 @@ def refinenet(
     As in the paper, the refinement path has no batch normalisation, so it exports to LiteRT as
     plain CONV_2D / MAX_POOL_2D / ADD ops.
     """
-    if len(filters) != 4:
-        raise ValueError(f"filters must give 4 widths (RefineNet-4 to -1), got {filters!r}")
+    arguments.common(num_classes, name)
+    arguments.positive_ints("filters", filters, count=4)  # RefineNet-4 to -1
+    arguments.positive_int("pooling_stages", pooling_stages)
+    arguments.rate("dropout", dropout)
+    arguments.options("backbone_kwargs", backbone_kwargs)
     pixels = blocks.pixel_input(input_shape)
     features = backbones.build(backbone, pixels, output_stride=32, weights=backbone_weights,
                                **(backbone_kwargs or {}))

@@ -1,7 +1,7 @@
 """The architecture registry: one name per builder, so the CLI, tests and benchmarks need no if-chains."""
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from kseg.errors import KsegError
 

@@ -8,7 +8,7 @@ Architecture for Image Segmentation", arXiv:1511.00561).
 import keras
 from keras import layers
 
-from kseg.models import blocks
+from kseg.models import arguments, blocks
 from kseg.models.backbones import VGG16_STAGES
 from kseg.models.registry import register
 
@@ -27,8 +27,8 @@ def segnet(num_classes, input_shape=(None, None, 3), width=1.0, name="segnet"):
     Unpooling is `blocks.MaxUnpooling2D`, a builtins-only formulation of pooling indices (switch
     masks), so the model converts to LiteRT, float and full int8, without TensorFlow ops.
     """
-    if width <= 0:
-        raise ValueError(f"width must be positive, got {width!r}")
+    arguments.common(num_classes, name)
+    arguments.positive_number("width", width)
     channels = [max(int(filters * width), 4) for _, filters in VGG16_STAGES]
     pixels = blocks.pixel_input(input_shape)
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")(pixels)

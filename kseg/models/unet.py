@@ -7,7 +7,7 @@
 import keras
 from keras import layers
 
-from kseg.models import backbones, blocks
+from kseg.models import arguments, backbones, blocks
 from kseg.models.registry import register
 
 UPSAMPLING = ("bilinear", "nearest", "transpose")
@@ -45,10 +45,13 @@ def unet(
         backbone_weights: None, "imagenet" or a weights file, for a registry backbone.
         backbone_kwargs: options of the registry backbone, e.g. {"alpha": 0.5}.
     """
-    if upsampling not in UPSAMPLING:
-        raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
-    if depth < 1:
-        raise ValueError(f"depth must be at least 1, got {depth!r}")
+    arguments.common(num_classes, name)
+    arguments.positive_int("filters", filters)
+    arguments.positive_int("depth", depth)
+    arguments.one_of("norm", norm, blocks.NORMALIZATIONS)
+    arguments.one_of("upsampling", upsampling, UPSAMPLING)
+    arguments.rate("dropout", dropout)
+    arguments.options("backbone_kwargs", backbone_kwargs)
     pixels = blocks.pixel_input(input_shape)
     if backbone is not None:
         return _backbone_unet(num_classes, pixels, filters, norm, upsampling, backbone, backbone_weights,
