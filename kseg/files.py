@@ -13,7 +13,14 @@ def write_atomic(path, data):
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile("wb", dir=directory, prefix=".tmp-", delete=False) as f:
         f.write(data)
+    os.chmod(f.name, 0o666 & ~_umask())  # the permissions open() would give, not the temporary file's 0600
     os.replace(f.name, path)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path, value):

@@ -15,6 +15,7 @@ import dataclasses
 import io
 import os
 import re
+import warnings
 
 import numpy as np
 
@@ -66,9 +67,11 @@ def layer_sensitivity(model, train, input_size, num_calibration=32, top=15):
     images = export.calibration_images(train, tuple(input_size), num_calibration)
     converter = export.litert_converter(model, "int8", input_size, images)
     converter.inference_input_type = converter.inference_output_type = tf.float32  # the debugger feeds floats
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=lambda: ([image] for image in images))
-    debugger.run()
+    with warnings.catch_warnings():  # the debugger runs tf.lite.Interpreter inside; LiteRT has no debugger
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=lambda: ([image] for image in images))
+        debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
     dump.seek(0)

@@ -31,6 +31,7 @@ class FolderCheckCache:
     VERSION = 1
 
     def __init__(self, root, colors=None):
+        self._prefix = os.path.join(root, "")  # pairs are paths below `root` as given
         root = os.path.abspath(root)
         key = json.dumps([root, sorted((list(color), label) for color, label in (colors or {}).items())])
         self.path = os.path.join(cache_dir(), "folder-checks", hashlib.sha1(key.encode()).hexdigest() + ".json")
@@ -69,7 +70,8 @@ class FolderCheckCache:
                                                       "pairs": self._new}).encode())
 
     def _key(self, pair):
-        return "\0".join(os.path.relpath(path, self.root) for path in pair)
+        size = len(self._prefix)
+        return "\0".join(path[size:] if path.startswith(self._prefix) else os.path.abspath(path) for path in pair)
 
 
 def _stamp(pair):

@@ -172,11 +172,15 @@ def check(root, num_classes=None, colors=None, workers=4, use_cache=True):
 
     cache = FolderCheckCache(root, colors) if use_cache else None
 
+    found = {}  # pair -> (size, grey, counts, problem): cached ones first, in this thread (no decoding)
+    if cache:
+        for pair in pairs:
+            known = cache.get(pair)
+            if known:
+                found[pair] = (*known, None)
+
     def inspect(pair):
         image_path, mask_path = pair
-        known = cache and cache.get(pair)
-        if known:
-            return (*known, None)
         try:
             size, grey = _image_size(image_path)
             mask = read_mask(mask_path, colors)
@@ -193,15 +197,18 @@ def check(root, num_classes=None, colors=None, workers=4, use_cache=True):
         return size, grey, counts, None
 
     sizes, histogram, per_pair, all_grey = collections.Counter(), np.zeros(256, np.int64), [], bool(pairs)
+    unknown = [pair for pair in pairs if pair not in found]
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for pair, (size, grey, counts, problem) in zip(pairs, pool.map(inspect, pairs)):
-            per_pair.append((pair, counts))
-            if problem:
-                problems.append(problem)
-                continue
-            sizes[size] += 1
-            histogram += counts
-            all_grey = all_grey and grey
+        found.update(zip(unknown, pool.map(inspect, unknown)))
+    for pair in pairs:
+        size, grey, counts, problem = found[pair]
+        per_pair.append((pair, counts))
+        if problem:
+            problems.append(problem)
+            continue
+        sizes[size] += 1
+        histogram += counts
+        all_grey = all_grey and grey
     if cache:
         cache.save()
     binary_255 = histogram[IGNORE_LABEL] > 0 and not histogram[1:IGNORE_LABEL].any() and colors is None
