@@ -1,7 +1,8 @@
-"""Evaluation of `.keras` and `.tflite` models alike: confusion matrix, mIoU, per-class table.
+"""Evaluation of `.keras`, `.tflite` and `.onnx` models alike: confusion matrix, mIoU, per-class table.
 
     result = kseg.evaluation.evaluate("runs/kseg/best.keras", kseg.data.load("synthetic", "val"))
     result.scores["miou"], result.table()
+    kseg.evaluation.agreement("best_float32.tflite", "best_onnx.onnx", kseg.data.load("synthetic", "val"))
 """
 
 import dataclasses
@@ -12,7 +13,7 @@ import numpy as np
 import kseg.data
 from kseg import metrics, report
 from kseg.errors import KsegError
-from kseg.runtime import KerasPredictor, LiteRTPredictor, predictor  # noqa: F401 - kseg.evaluation's names too
+from kseg.runtime import ArtifactPredictor, KerasPredictor, LiteRTPredictor, predictor  # noqa: F401 - its names too
 
 
 @dataclasses.dataclass
@@ -35,7 +36,7 @@ class EvaluationResult:
 
 
 def evaluate(model, split, batch_size=8, num_threads=None, keep=6, progress=True):
-    """Scores `model` (Keras model, `.keras` or `.tflite` path) on a data split against its full-size masks."""
+    """Scores `model` (Keras model, `.keras`, `.tflite` or `.onnx` path) on a data split against its full-size masks."""
     runner = predictor(model, num_threads)
     num_classes = split.num_classes
     if runner.num_classes not in (None, 1) and runner.num_classes != num_classes:

@@ -7,8 +7,9 @@ LiteRT files use builtin ops only (what phones and microcontrollers run); a mode
 TensorFlow (Flex) ops fails with an ExportError naming them. Full-int8 models take uint8 RGB pixels
 (scale 1, zero point 0: feed the camera's bytes as they are) and return uint8. Every artifact gets
 a JSON sidecar (`<file>.json`) that says classes, input size, normalisation, output, quantization
-and provenance. The modes that fine-tune first (QAT, pruning) are `kseg.stage`'s; running a file is
-`kseg.runtime`'s.
+and provenance. Logit files also carry TFLite Model Metadata (`kseg.metadata`: RGB input in [0, 255],
+class names, softmax), so MediaPipe's ImageSegmenter runs them as they are. The modes that fine-tune
+first (QAT, pruning) are `kseg.stage`'s; running a file is `kseg.runtime`'s.
 """
 
 import os
@@ -19,7 +20,7 @@ import tempfile
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from kseg import files, modes, provenance
+from kseg import console, files, metadata, modes, provenance
 from kseg.errors import ExportError, KsegError, first_line
 from kseg.runtime import LiteRTModel
 
@@ -61,8 +62,13 @@ def calibration_images(split, input_size, count=CALIBRATION_IMAGES, seed=0):
 def litert_converter(model, mode="float32", input_size=(257, 257), calibration=None, output="logits",
                      num_calibration=CALIBRATION_IMAGES, io_dtype="uint8"):
     """A `tf.lite.TFLiteConverter` set up for a post-training `mode` with builtin ops only (what `to_litert` runs)."""
+    if modes.get(mode).format != "litert":
+        raise KsegError(f"export mode {mode!r} does not write LiteRT: export it with kseg.stage.convert")
     if modes.get(mode).fine_tune:
         raise KsegError(f"export mode {mode!r} fine-tunes the model first: export it with kseg.stage.convert")
+    if modes.get(mode).converter != "tflite":
+        raise KsegError(f"export mode {mode!r} is ai-edge-quantizer's: export it with kseg.stage.convert "
+                        "(or kseg.quantizer.to_litert)")
     if output not in modes.OUTPUTS:
         raise KsegError(f"output must be one of {modes.OUTPUTS}, got {output!r}")
     if io_dtype not in modes.IO_DTYPES:
@@ -72,7 +78,8 @@ def litert_converter(model, mode="float32", input_size=(257, 257), calibration=N
     # Freeze the weights ourselves: handing the converter the model as trackable object can leave
     # resource variables (READ_VARIABLE ops, unfolded batch norm) in the file.
     frozen = convert_variables_to_constants_v2(serve)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    with console.quiet():  # absl: "consider providing the trackable_obj": we froze the weights on purpose
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -105,11 +112,30 @@ def to_litert(model, path, mode="float32", input_size=(257, 257), calibration=No
     zero point 0) or "int8" (pixels - 128: scale 1, zero point -128). `source`: the checkpoint the
     model came from; `origin`: its provenance (default: `kseg.provenance.of_checkpoint(source, model)`).
     """
+    flatbuffer = litert_flatbuffer(model, mode, input_size, calibration, output, num_calibration, io_dtype)
+    return write_litert(flatbuffer, path, model, mode, input_size, calibration, output, num_calibration,
+                        class_names, source, origin)
+
+
+def litert_flatbuffer(model, mode="float32", input_size=(257, 257), calibration=None, output="logits",
+                      num_calibration=CALIBRATION_IMAGES, io_dtype="uint8"):
+    """The converted LiteRT model (bytes, no metadata yet) of a post-training `mode`; a conversion that fails
+    is an ExportError naming the ops LiteRT lacks."""
     converter = litert_converter(model, mode, input_size, calibration, output, num_calibration, io_dtype)
     try:
-        flatbuffer = converter.convert()
+        with console.quiet():  # the converter prints its settings to fd 2; errors come back as exceptions
+            return converter.convert()
     except Exception as error:  # ConverterError carries MLIR diagnostics: keep the op names only
         raise _conversion_error(model, mode, error) from error
+
+
+def write_litert(flatbuffer, path, model, mode, input_size, calibration=None, output="logits",
+                 num_calibration=CALIBRATION_IMAGES, class_names=None, source=None, origin=None, extra=None):
+    """Writes a converted model as every kseg LiteRT file is written: metadata embedded, written atomically,
+    with its sidecar (plus the `extra` entries); returns the sidecar dict."""
+    origin = origin if origin is not None else provenance.of_checkpoint(source, model)
+    flatbuffer, embedded = _with_metadata(flatbuffer, class_names or origin.get("class_names"),
+                                          int(model.output_shape[-1]))
     files.write_atomic(path, flatbuffer)
 
     input_size = tuple(int(s) for s in input_size)
@@ -136,11 +162,25 @@ def to_litert(model, path, mode="float32", input_size=(257, 257), calibration=No
         "ops": runner.ops(),
         "size_bytes": os.path.getsize(path),
         "calibration": _calibration_record(mode, calibration, num_calibration),
-        "provenance": origin if origin is not None else provenance.of_checkpoint(source, model),
+        "metadata": embedded,
+        "provenance": origin,
         "kseg_version": provenance.version(),
+        **(extra or {}),
     }
     write_sidecar(path, info)
     return info
+
+
+def _with_metadata(flatbuffer, class_names, channels):
+    """The file with TFLite metadata that MediaPipe's ImageSegmenter reads (`kseg.metadata`), and the
+    sidecar's record of it: what was embedded, or why nothing was (label-map outputs). Class names that do
+    not match the output channels (two names for a one-logit binary model) are left out, not guessed."""
+    reason = metadata.unsupported(flatbuffer)
+    if reason:
+        return flatbuffer, {"skipped": reason}
+    names = class_names if class_names and len(class_names) == channels else None
+    flatbuffer = metadata.embed(flatbuffer, names)
+    return flatbuffer, metadata.read(flatbuffer)
 
 
 def write_sidecar(path, info):

@@ -42,6 +42,9 @@ class SegmentationLoss(keras.losses.Loss):
         valid = ops.expand_dims(valid, -1)
         return probs * valid, targets * valid, valid
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return _per_replica(super().__call__(y_true, y_pred, sample_weight))
+
     def get_config(self):
         return {**super().get_config(), "ignore_label": self.ignore_label}
 
@@ -52,6 +55,19 @@ class SegmentationLoss(keras.losses.Loss):
         return WeightedSum([self], [float(weight)])
 
     __rmul__ = __mul__
+
+
+def _per_replica(loss):
+    """A replica's share of the loss under `tf.distribute` (several GPUs or workers): Keras divides a loss by
+    the replica count only when it reduces per-example values itself, yet multiplies every logged loss back.
+    kseg's losses reduce over pixels inside `call`, so they divide here; elsewhere this changes nothing."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            loss = loss / replicas
+    return loss
 
 
 def _snake(name):

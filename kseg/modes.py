@@ -1,9 +1,13 @@
 """The export modes, in one table, and the settings of the modes that calibrate or fine-tune.
 
 Plain data without TensorFlow, so the command line can list the modes and their defaults cheaply.
-`kseg.export` converts with a mode's `quantization`; `kseg.stage` runs the fine-tuning first.
+`kseg.export` converts with a mode's `quantization` (`kseg.onnx_export` writes the ONNX format;
+`kseg.quantizer` the modes whose `converter` is Google's ai-edge-quantizer); `kseg.stage` runs the
+fine-tuning first.
 
     kseg.modes.MODES["qat_int8"].fine_tune   # "qat"
+    kseg.modes.MODES["onnx"].suffix          # ".onnx"
+    kseg.modes.MODES["mixed"].converter      # "aeq" (ai-edge-quantizer)
     kseg.modes.POST_TRAINING                 # ("float32", "float16", "dynamic", "int8", "int16x8")
 """
 
@@ -15,10 +19,17 @@ from kseg.errors import KsegError
 @dataclasses.dataclass(frozen=True)
 class ExportMode:
     name: str
-    quantization: str  # the post-training conversion: float32, float16, dynamic, int8 or int16x8
+    quantization: str  # the post-training conversion: float32, float16, dynamic, int8, int16x8, int4 or mixed
     fine_tune: str | None  # None, "qat" (quantization-aware training) or "prune" (magnitude pruning)
     calibrates: bool  # needs calibration images (activation ranges)
     summary: str
+    format: str = "litert"  # the file format: "litert" (.tflite, ai_edge_litert) or "onnx" (.onnx, onnxruntime)
+    converter: str = "tflite"  # who quantizes: "tflite" (TensorFlow's converter) or "aeq" (ai-edge-quantizer)
+
+    @property
+    def suffix(self):
+        """The artifact's file extension: ".tflite" or ".onnx"."""
+        return SUFFIXES[self.format]
 
     @property
     def needs_data(self):
@@ -27,18 +38,30 @@ class ExportMode:
 
 
 _TABLE = (
-    # name,            quantization, fine_tune, calibrates, summary
+    # name,            quantization, fine_tune, calibrates, summary[, format, converter]
     ("float32", "float32", None, False, "float32 weights and activations"),
     ("float16", "float16", None, False, "float16 weights (half the size), float compute"),
     ("dynamic", "dynamic", None, False, "int8 weights, float activations"),
     ("int8", "int8", None, True, "full integer, calibrated ranges; uint8 (or int8) input and output"),
     ("int16x8", "int16x8", None, True, "int16 activations, int8 weights, calibrated ranges"),
+    ("int4", "int4", None, True, "int4 per-channel convolution weights (the first and last convolution's int8), "
+                                 "int8 activations, uint8 (or int8) input and output: smaller than int8, not faster "
+                                 "(ai-edge-quantizer)", "litert", "aeq"),
+    ("mixed", "mixed", None, True, "full integer except the ops that cost the most mIoU, kept in float: the fewest "
+                                   "that keep the drop within --max-drop, chosen by measurement (ai-edge-quantizer)",
+     "litert", "aeq"),
     ("qat_int8", "int8", "qat", True, "quantization-aware training, then full integer"),
     ("pruned_float32", "float32", "prune", False, "magnitude pruning while fine-tuning, then float32"),
     ("pruned_int8", "int8", "prune", True, "magnitude pruning while fine-tuning, then full integer"),
+    ("onnx", "float32", None, False, "ONNX, float32 (onnxruntime and other ONNX runtimes)", "onnx"),
 )
+SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 MODES = {row[0]: ExportMode(*row) for row in _TABLE}
-POST_TRAINING = tuple(name for name, mode in MODES.items() if mode.fine_tune is None)
+LITERT = tuple(name for name, mode in MODES.items() if mode.format == "litert")  # the quantization study's default
+# TensorFlow's LiteRT conversions without fine-tuning (what a pruned model can be converted with, too).
+POST_TRAINING = tuple(name for name in LITERT if MODES[name].fine_tune is None and MODES[name].converter == "tflite")
+AEQ = tuple(name for name, mode in MODES.items() if mode.converter == "aeq")  # kseg.quantizer's modes
+PROMOTIONS = ("float", "int16")  # what the mixed mode turns its sensitive ops into
 OUTPUTS = ("logits", "labels")
 IO_DTYPES = ("uint8", "int8")
 
@@ -61,3 +84,7 @@ class ExportSettings:
     sparsity: float = 0.5  # pruned_* modes: share of zero weights
     prune_epochs: int = 2
     batch_size: int = 8  # QAT and pruning batch size
+    max_drop: float = 0.3  # mixed: the largest mIoU drop from float32 (points) on the calibration images
+    promote: str = "float"  # mixed: sensitive ops run in "float" (fast on CPUs) or with "int16" activations
+    float_ops: tuple = ()  # int4 and mixed: op types (CONV_2D, RESIZE_BILINEAR...) that stay in float
+    float_layers: tuple = ()  # int4 and mixed: regular expressions of layer names whose ops stay in float

@@ -1,4 +1,5 @@
-"""Reporting: markdown tables and the plots that kseg's reports show (latency against mIoU, confusion).
+"""Reporting: markdown tables and the plots that kseg's reports show (latency and size against mIoU with their
+Pareto fronts, confusion).
 
     kseg.report.markdown_table(["mode", "mIoU"], [["int8", "71.20"]], align="lr")
 """
@@ -62,6 +63,62 @@ def latency_plot(entries, threads, path):
     ax.set_ylabel("mIoU (%)")
     ax.set_title("latency versus mIoU (marker area ~ file size)")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_front(entries, cost):
+    """The entries that no other entry beats on both `cost(entry)` (lower is better: latency, size) and mIoU
+    (higher is better), cheapest first: the trade-offs worth choosing from. Entries without a cost or mIoU are
+    left out."""
+    known = [e for e in entries if e.get("miou") is not None and cost(e) is not None]
+    front = []
+    for e in sorted(known, key=lambda e: (cost(e), -e["miou"])):
+        if not front or e["miou"] > front[-1]["miou"]:
+            front.append(e)
+    return front
+
+
+def pareto_plot(entries, threads, path):
+    """Two panels, latency (at `threads`) and file size against mIoU, one point per entry, each with its Pareto
+    front drawn as a staircase through the entries nothing beats (their labels in bold)."""
+    plt = _pyplot()
+    from matplotlib import ticker
+
+    costs = (("latency_ms", f"latency, ms (batch 1, {threads} threads, log scale)",
+              lambda e: e.get("latency_ms", {}).get(str(threads))),
+             ("size", "file size, MB (log scale)", lambda e: e["size_bytes"] / 1e6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (_, label, cost) in zip(axes, costs):
+        front = pareto_front(entries, cost)
+        for e in entries:
+            if e.get("miou") is None or cost(e) is None:
+                continue
+            on_front = any(e is f for f in front)
+            ax.scatter(cost(e), 100 * e["miou"], s=40 if on_front else 25, alpha=0.8,
+                       color="tab:red" if on_front else "tab:blue")
+            ax.annotate(e.get("label", e["mode"]), (cost(e), 100 * e["miou"]), textcoords="offset points",
+                        xytext=(5, 3), fontsize=8, fontweight="bold" if on_front else "normal")
+        if front:
+            xs = [cost(e) for e in front]
+            ys = [100 * e["miou"] for e in front]
+            ax.step(xs, ys, where="post", color="tab:red", alpha=0.6, label="Pareto front")
+            ax.legend(loc="best", fontsize=8)
+        values = [cost(e) for e in entries if e.get("miou") is not None and cost(e)]
+        if values and max(values) > 5 * min(values):  # a log axis where costs span orders of magnitude
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        else:
+            label = label.replace(", log scale", "").replace(" (log scale)", "")
+        ax.set_xlabel(label)
+        ax.set_ylabel("mIoU (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("latency versus mIoU")
+    axes[1].set_title("size versus mIoU")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,21 +1,25 @@
-"""Running a trained model: a `.keras` checkpoint or a `.tflite` file, one image or a batch, to labels.
+"""Running a trained model: a `.keras` checkpoint, a `.tflite` or an `.onnx` file, one image or a batch, to labels.
 
     runner = kseg.runtime.predictor("model_int8.tflite", num_threads=2)
     labels = runner.labels(images)            # uint8 (N, H, W) class maps for float32 RGB images in [0, 255]
     kseg.runtime.LiteRTModel("model_int8.tflite").logits(image)   # dequantized, at the image's size
+    kseg.runtime.open_artifact("model.onnx").labels(image)       # OnnxModel: onnxruntime
 
-LiteRT files run on `ai_edge_litert` (XNNPACK); their quantized inputs and outputs are handled here,
-and any image size is accepted (resized to the model's input, the prediction resized back).
+LiteRT files run on `ai_edge_litert` (XNNPACK), ONNX files on onnxruntime (CPU); quantized inputs and
+outputs are handled here, and any image size is accepted (resized to the file's input, the prediction
+resized back).
 """
 
 import json
 import os
+import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import kseg.models  # noqa: F401 - registers kseg's layers, which `.keras` files name
+from kseg import console
 from kseg.errors import KsegError, first_line
 
 
@@ -54,52 +58,40 @@ class KerasPredictor:
         return labels_from_logits(self.logits(images))
 
 
-class LiteRTModel:
-    """A .tflite file ready to run: `LiteRTModel(path, num_threads=2).labels(image)`.
+class ArtifactModel:
+    """What `LiteRTModel` and `OnnxModel` share: a file with a fixed input size, run one image at a time.
 
-    Handles quantized inputs and outputs, and any image size (resized to the model's input, the
-    prediction resized back with nearest neighbour).
+    A subclass opens the file and sets `path`, `input` and `output` (dicts: index or name, shape, dtype,
+    quantization), and implements `set_input` (an array of the input's dtype and shape), `invoke` and
+    `get_output`; `run`, `logits` and `labels` are built on them, and `kseg.bench` times each step.
     """
 
-    def __init__(self, path, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        if not os.path.exists(path):
-            raise KsegError(f"{path}: no such file")
-        try:
-            self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as error:
-            raise KsegError(f"{path}: not a usable LiteRT model ({first_line(error)})") from error
-        self.path = path
-        self.input = _tensor_details(self.interpreter.get_input_details()[0])
-        self.output = _tensor_details(self.interpreter.get_output_details()[0])
+    def _describe(self):
         self.input_size = tuple(int(s) for s in self.input["shape"][1:3])
         self.output_kind = "labels" if len(self.output["shape"]) == 3 else "logits"
 
-    def ops(self):
-        """Sorted names of the builtin ops in the graph (e.g. CONV_2D, RESIZE_BILINEAR), before delegation."""
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        plain = Interpreter(
-            model_path=self.path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        )
-        return sorted({op["op_name"] for op in plain._get_ops_details()})
-
-    def run(self, image):
-        """Raw output for one float32 image (H, W, 3) in [0, 255] already at the input size; dequantized."""
+    def prepare(self, image):
+        """One float32 image (H, W, 3) in [0, 255] at the input size as the input array: batch of one,
+        quantized to the input's type where it is an integer type."""
         quant = self.input["quantization"]
         x = np.asarray(image, np.float32)[None]
         if self.input["dtype"] != np.float32:
             info = np.iinfo(self.input["dtype"])
             x = np.clip(np.round(x / quant["scale"] + quant["zero_point"]), info.min, info.max)
-        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
-        self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self.output["index"])[0]
+        return x.astype(self.input["dtype"])
+
+    def finish(self, y):
+        """The output array of one image, dequantized where it is quantized logits."""
         quant = self.output["quantization"]
         if self.output_kind == "logits" and quant:
             y = (y.astype(np.float32) - quant["zero_point"]) * quant["scale"]
         return y
+
+    def run(self, image):
+        """Raw output for one float32 image (H, W, 3) in [0, 255] already at the input size; dequantized."""
+        self.set_input(self.prepare(image))
+        self.invoke()
+        return self.finish(self.get_output()[0])
 
     def logits(self, image):
         """Dequantized logits for one image of any size, resized back to that size."""
@@ -121,6 +113,119 @@ class LiteRTModel:
         return labels
 
 
+class LiteRTModel(ArtifactModel):
+    """A .tflite file ready to run: `LiteRTModel(path, num_threads=2).labels(image)`.
+
+    Handles quantized inputs and outputs, and any image size (resized to the model's input, the
+    prediction resized back with nearest neighbour).
+    """
+
+    def __init__(self, path, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if not os.path.exists(path):
+            raise KsegError(f"{path}: no such file")
+        try:
+            with console.quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            raise KsegError(f"{path}: not a usable LiteRT model ({first_line(error)})") from error
+        self.path = path
+        self.input = _tensor_details(self.interpreter.get_input_details()[0])
+        self.output = _tensor_details(self.interpreter.get_output_details()[0])
+        self._describe()
+
+    def ops(self):
+        """Sorted names of the builtin ops in the graph (e.g. CONV_2D, RESIZE_BILINEAR), before delegation."""
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        plain = Interpreter(
+            model_path=self.path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+        return sorted({op["op_name"] for op in plain._get_ops_details()})
+
+    def set_input(self, x):
+        self.interpreter.set_tensor(self.input["index"], x)
+
+    def invoke(self):
+        self.interpreter.invoke()
+
+    def get_output(self):
+        """A copy of the output tensor (batch of one)."""
+        return self.interpreter.get_tensor(self.output["index"])
+
+
+class OnnxModel(ArtifactModel):
+    """An .onnx file on onnxruntime (CPU), with the interface of `LiteRTModel`:
+    `OnnxModel(path, num_threads=2).labels(image)`.
+
+    The input is float32 pixels; `set_input` binds the array as the input (an IO binding: onnxruntime
+    wraps a CPU array without copying it), `invoke` runs the graph and `get_output` copies the output
+    out, so each step can be timed. `profile=True` makes onnxruntime record every node's time
+    (`kseg.bench` reads it).
+    """
+
+    def __init__(self, path, num_threads=None, profile=False):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise KsegError(f"{path}: running ONNX files needs onnxruntime: pip install 'kseg[onnx]'") from None
+        if not os.path.exists(path):
+            raise KsegError(f"{path}: no such file")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        if num_threads:
+            options.intra_op_num_threads = int(num_threads)
+            options.inter_op_num_threads = 1
+        if profile:
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="kseg-onnx-profile-"), "profile")
+        try:
+            self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types for bad files
+            raise KsegError(f"{path}: not a usable ONNX model ({first_line(error)})") from error
+        self.path = path
+        self.input = _onnx_details(self.session.get_inputs()[0])
+        self.output = _onnx_details(self.session.get_outputs()[0])
+        if self.input["dtype"] != np.float32:
+            raise KsegError(f"{path}: expected a float32 image input, got {self.input['dtype'].__name__}")
+        self._describe()
+        self._binding = self.session.io_binding()
+        self._binding.bind_output(self.output["name"], "cpu")
+        self._value = None
+
+    def ops(self):
+        """Sorted op types of the graph's nodes (e.g. Conv, Resize), as the file declares them."""
+        import onnx
+
+        return sorted({node.op_type for node in onnx.load(self.path, load_external_data=False).graph.node})
+
+    def opset(self):
+        """The file's default-domain ONNX opset version."""
+        import onnx
+
+        model = onnx.load(self.path, load_external_data=False)
+        return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+    def set_input(self, x):
+        import onnxruntime
+
+        self._value = onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x))
+        self._binding.bind_ortvalue_input(self.input["name"], self._value)
+
+    def invoke(self):
+        self.session.run_with_iobinding(self._binding)
+
+    def get_output(self):
+        """A copy of the output (batch of one)."""
+        return self._binding.copy_outputs_to_cpu()[0]
+
+    def end_profiling(self):
+        """The path of onnxruntime's profile (a Chrome trace JSON), when made with `profile=True`."""
+        return self.session.end_profiling()
+
+
 def _tensor_details(details):
     scale, zero_point = details["quantization"]
     return {
@@ -129,6 +234,17 @@ def _tensor_details(details):
         "dtype": details["dtype"],
         "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
     }
+
+
+def _onnx_details(arg):
+    """An onnxruntime input or output description in `_tensor_details`' form (a name where LiteRT has an index;
+    a dynamic dimension, such as the batch, as 1)."""
+    dtypes = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+    if arg.type not in dtypes:
+        raise KsegError(f"unsupported ONNX tensor type {arg.type} ({arg.name})")
+    shape = np.array([d if isinstance(d, int) else 1 for d in arg.shape], np.int32)
+    return {"name": arg.name, "shape": shape, "dtype": dtypes[arg.type], "quantization": None}
 
 
 def _resize(array, size):
@@ -145,11 +261,22 @@ def _labels_at(logits, size):
     return tf.cast(tf.argmax(logits, axis=-1), tf.uint8)
 
 
-class LiteRTPredictor:
-    """Labels from a `.tflite` file, one image at a time (LiteRT models have a fixed batch of 1)."""
+ARTIFACTS = {".tflite": LiteRTModel, ".onnx": OnnxModel}  # file extension -> what runs it
+
+
+def open_artifact(path, num_threads=None):
+    """A `LiteRTModel` for a `.tflite` path, an `OnnxModel` for an `.onnx` path."""
+    runner = ARTIFACTS.get(os.path.splitext(path)[1].lower())
+    if runner is None:
+        raise KsegError(f"{path}: expected a {' or '.join(ARTIFACTS)} file")
+    return runner(path, num_threads=num_threads)
+
+
+class ArtifactPredictor:
+    """Labels from an exported file (`.tflite` or `.onnx`), one image at a time, at the file's input size."""
 
     def __init__(self, path, num_threads=None):
-        self.runner = LiteRTModel(path, num_threads=num_threads)
+        self.runner = open_artifact(path, num_threads)
         shape = self.runner.output["shape"]
         self.num_classes = None if self.runner.output_kind == "labels" else int(shape[-1])
         sidecar = path + ".json"
@@ -161,10 +288,13 @@ class LiteRTPredictor:
         return np.stack([self.runner.labels(image) for image in images])
 
 
+LiteRTPredictor = ArtifactPredictor  # its name before ONNX files ran too
+
+
 def predictor(model, num_threads=None):
-    """A predictor for a Keras model, a `.keras` path or a `.tflite` path."""
-    if isinstance(model, str) and model.endswith(".tflite"):
-        return LiteRTPredictor(model, num_threads)
+    """A predictor for a Keras model, a `.keras` path, or an exported `.tflite` or `.onnx` path."""
+    if isinstance(model, str) and os.path.splitext(model)[1].lower() in ARTIFACTS:
+        return ArtifactPredictor(model, num_threads)
     if isinstance(model, str) and not model.endswith(".keras"):
-        raise KsegError(f"{model}: expected a .keras or .tflite file")
+        raise KsegError(f"{model}: expected a .keras, .tflite or .onnx file")
     return KerasPredictor(model)

@@ -1,4 +1,4 @@
-"""The export stage: a trained model in, evaluated and timed LiteRT artifacts out, each with a manifest entry.
+"""The export stage: a trained model in, evaluated and timed LiteRT or ONNX artifacts out, each with a manifest entry.
 
     results = kseg.stage.export_checkpoint("runs/kseg/best.keras", "artifacts", ["float32", "int8"],
                                            train=train, val=val, threads=(2,))
@@ -8,7 +8,7 @@
 `kseg.modes.MODES` (fine-tuning first for QAT and pruning), then evaluate on `val`, time at each
 thread count and compare with a reference artifact, each when asked. `kseg export`,
 `kseg quantize-study`, `export/run.py` and `kseg demo` all produce their artifacts through it, and
-name them alike: `<stem>_<mode>.tflite`, with a JSON sidecar.
+name them alike: `<stem>_<mode>.tflite` (`<stem>_onnx.onnx` for the ONNX mode), with a JSON sidecar.
 """
 
 import dataclasses
@@ -21,10 +21,11 @@ from kseg.evaluation import EvaluationResult
 
 def convert(model, path, mode, input_size, train=None, settings=None, source=None, output="logits", io_dtype="uint8",
             class_names=None, origin=None):
-    """Writes `model` as a LiteRT file in any export mode; returns its sidecar dict.
+    """Writes `model` in any export mode (a LiteRT file, or an ONNX file for "onnx"); returns its sidecar dict.
 
     `train` (a `kseg.data.Split`) calibrates int8 ranges and fine-tunes the QAT and pruned modes, as
-    `settings` (a `kseg.modes.ExportSettings`) says.
+    `settings` (a `kseg.modes.ExportSettings`) says; the ai-edge-quantizer modes (int4, mixed) are
+    `kseg.quantizer`'s, and mixed chooses its float ops on those calibration images.
     """
     spec = modes.get(mode)
     settings = settings or modes.ExportSettings()
@@ -33,6 +34,15 @@ def convert(model, path, mode, input_size, train=None, settings=None, source=Non
         raise KsegError(f"{mode} {need}: it needs training data")
     common = dict(class_names=class_names or (train.class_names if train is not None else None), source=source,
                   num_calibration=settings.num_calibration, output=output, origin=origin)
+    if spec.format == "onnx":
+        from kseg import onnx_export
+
+        return onnx_export.to_onnx(model, path, input_size, output, common["class_names"], source, origin)
+    if spec.converter == "aeq":
+        from kseg import quantizer
+
+        return quantizer.to_litert(model, path, spec.quantization, input_size, train, output, io_dtype, settings,
+                                   common["class_names"], source, origin)
     if spec.fine_tune is None:
         return export.to_litert(model, path, spec.quantization, input_size, calibration=train, io_dtype=io_dtype,
                                 **common)
@@ -70,7 +80,11 @@ class StageResult:
                  "size_bytes": info["size_bytes"], "gzip_bytes": info.get("gzip_bytes") or files.gzip_size(self.path),
                  "miou": self.miou, "latency_ms": {t: s["mean_ms"] for t, s in self.latency.items()},
                  "agreement": self.agreement, "input": info["input"], "output": info["output"], "ops": info["ops"]}
-        return {**entry, **{key: info[key] for key in ("training", "sparsity") if info.get(key) is not None}}
+        entry.update({key: info[key] for key in ("training", "sparsity") if info.get(key) is not None})
+        if info.get("quantizer"):  # ai-edge-quantizer modes: what stayed in float and why (the recipe: sidecar)
+            entry["quantizer"] = {key: value for key, value in info["quantizer"].items()
+                                  if key not in ("recipe", "ranking")}
+        return entry
 
     def summary(self):
         """One line for the console: size, types, then mIoU, agreement and latency when measured."""
@@ -79,6 +93,12 @@ class StageResult:
         if info.get("sparsity") is not None:
             parts.append(f"sparsity {info['sparsity']:.2f}, gzip {info['gzip_bytes'] / 1e6:.2f} MB")
         parts.append(f"input {info['input']['dtype']}, output {info['output']['kind']} {info['output']['dtype']}")
+        search = info.get("quantizer", {}).get("selection")
+        if search:
+            parts.append(f"{len(info['quantizer']['promoted'])} ops in {info['quantizer']['promote']} "
+                         f"(drop {search['drop']:.2f} on {search['images']} calibration images, int8 alone "
+                         f"{100 * (search['float32_miou'] - search['int8_miou']):.2f})"
+                         + ("" if search["met"] else f": over --max-drop {info['quantizer']['max_drop']} even so"))
         if self.miou is not None:
             parts.append(f"mIoU {100 * self.miou:.2f}")
         if self.agreement is not None:
@@ -131,7 +151,8 @@ def export_checkpoint(checkpoint, out_dir, mode_names, input_size=None, train=No
                       progress=True, source=None):
     """Every mode of one checkpoint (a `.keras` path or a Keras model) through `export_artifact`.
 
-    Files are `out_dir/<stem>_<mode>.tflite` (stem: the checkpoint's file name, or the model's name).
+    Files are `out_dir/<stem>_<mode>.tflite` (`.onnx` for the ONNX mode; stem: the checkpoint's file name,
+    or the model's name).
     `source`: the file a model given as such was loaded from (for its provenance and the stem).
     `agreement=True` exports float32 first and compares every artifact with it. Returns StageResults.
     """
@@ -146,8 +167,9 @@ def export_checkpoint(checkpoint, out_dir, mode_names, input_size=None, train=No
     stem = os.path.join(out_dir, stem or (artifact_stem(source) if source else model.name))
     results, reference = [], None
     for name in mode_names:
-        result = export_artifact(model, f"{stem}_{name}.tflite", name, input_size, train, val, settings, threads, runs,
-                                 reference, source, output, io_dtype, origin)
+        path = f"{stem}_{name}{modes.get(name).suffix}"
+        result = export_artifact(model, path, name, input_size, train, val, settings, threads, runs, reference,
+                                 source, output, io_dtype, origin)
         if agreement and reference is None:
             reference = result.path
             result.agreement = 1.0 if val is not None else None

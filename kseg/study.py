@@ -2,10 +2,12 @@
 
     result = kseg.study.run("runs/x/best.keras", train, val, "study", input_size=(128, 128))
 
-For each mode (float32, float16, dynamic, int8, int16x8, QAT int8, pruned float32 and pruned int8)
-`kseg.stage` writes the LiteRT file and measures its size (and gzip size), latency at each thread
-count, mIoU and the share of pixels whose label agrees with float32; the study adds the mIoU drop
-from float32 and writes `study.json`, `study.md` and `study.png` (latency against mIoU).
+For each mode (float32, float16, dynamic, int8, int16x8, int4, mixed, QAT int8, pruned float32 and
+pruned int8) `kseg.stage` writes the LiteRT file and measures its size (and gzip size), latency at each
+thread count, mIoU and the share of pixels whose label agrees with float32; the study adds the mIoU drop
+from float32 and the Pareto fronts (the modes nothing beats on both latency and mIoU, or on both size
+and mIoU), and writes `study.json`, `study.md` and `study.png` (latency and size against mIoU, with the
+fronts drawn).
 `sensitivity` adds, per layer, the error full-int8 quantization puts into its output (TFLite's
 QuantizationDebugger), worst first.
 """
@@ -20,14 +22,14 @@ import warnings
 import numpy as np
 
 from kseg import export, files, report, runtime, stage
-from kseg.modes import MODES, ExportSettings
+from kseg.modes import LITERT, ExportSettings
 
 
 @dataclasses.dataclass
 class StudyConfig(ExportSettings):
     """The export settings (calibration, QAT, pruning) plus what the study measures."""
 
-    modes: tuple = tuple(MODES)
+    modes: tuple = LITERT  # every LiteRT mode (ONNX on request: --modes ... onnx)
     threads: tuple = (1, 2)
     runs: int = 20
     sensitivity: bool = False
@@ -44,6 +46,11 @@ def run(model, train, val, out_dir, input_size=None, config=None):
     rows = [result.entry() for result in results]
     for row in rows:
         row["miou_drop"] = rows[0]["miou"] - row["miou"]
+    threads = str(max(config.threads)) if config.threads else None
+    fronts = {"latency": report.pareto_front(rows, lambda r: r["latency_ms"].get(threads)),
+              "size": report.pareto_front(rows, lambda r: r["size_bytes"])}
+    for row in rows:
+        row["pareto"] = [name for name, front in fronts.items() if any(row is r for r in front)]
     first = results[0].info
     result = {"model": first["model"], "source": results[0].source, "input_size": first["input"]["shape"][1:3],
               "rows": rows}
@@ -99,7 +106,20 @@ def _write(out_dir, result, config):
     height, width = result["input_size"]
     text = f"# Quantization study: {result['model']} at {height}x{width}\n\n"
     text += report.artifacts_table(result["rows"], threads, reference=result["rows"][0])
-    text += "\n\n![latency versus mIoU](study.png)\n"
+    for cost, what in (("latency", f"latency at {max(config.threads)} threads" if config.threads else None),
+                       ("size", "size")):
+        front = [row["mode"] for row in result["rows"] if cost in row["pareto"]]
+        if what and front:
+            text += f"\n\nPareto front, {what} against mIoU (nothing is both cheaper and better): {', '.join(front)}"
+    text += "\n\n![latency and size versus mIoU, with their Pareto fronts](study.png)\n"
+    mixed = [row for row in result["rows"] if row.get("quantizer", {}).get("selection")]
+    for row in mixed:
+        chosen = row["quantizer"]
+        layers = ", ".join(f"{p['layer']} ({p['op']})" for p in chosen["promoted"]) or "none"
+        text += (f"\n{row['mode']}: ops kept in {chosen['promote']} to stay within {chosen['max_drop']} mIoU points of "
+                 f"float32 on the calibration images: {layers}")
+        denied = [*chosen["float_ops"], *chosen["float_layers"]]
+        text += f" (and in float as asked: {', '.join(denied)})\n" if denied else "\n"
     if result.get("sensitivity"):
         text += "\n## Layers that int8 hurts most (RMSE of the int8 output over its quantization step)\n\n"
         text += report.markdown_table(
@@ -108,4 +128,4 @@ def _write(out_dir, result, config):
              for r in result["sensitivity"]], "llrr") + "\n"
     files.write_atomic(os.path.join(out_dir, "study.md"), text.encode())
     files.write_json(os.path.join(out_dir, "study.json"), result)
-    report.latency_plot(result["rows"], max(config.threads), os.path.join(out_dir, "study.png"))
+    report.pareto_plot(result["rows"], max(config.threads), os.path.join(out_dir, "study.png"))

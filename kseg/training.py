@@ -9,6 +9,9 @@ Settings left at None are chosen by `kseg.recipe.choose` from the data, printed,
 of `val_every` steps: each round ends with a validation, a checkpoint and a backup, however few images
 there are. Run the same config again with the same `out_dir` after an interruption and it resumes from
 the last finished round (model, optimizer state, step and time spent included).
+
+`distribute="multiworker"` trains on several machines (`kseg.distribute`): the batch size is then per
+worker, a step takes batch_size x workers images, and the chief alone writes `out_dir`.
 """
 
 import csv
@@ -25,10 +28,11 @@ import keras
 import tensorflow as tf
 
 import kseg
-from kseg import files, provenance, recipe
+from kseg import distribute, files, provenance, recipe
 from kseg.errors import KsegError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+DISTRIBUTIONS = ("mirrored", "multiworker")
 VALIDATIONS = 10  # validations per run, when they are cheap enough
 OVERHEAD_SHARE = 0.05  # validation + checkpoints may take this share of a round, at most
 WARMUP_STEPS = 4  # timed steps before the run (after the first, which traces): they size the rounds
@@ -57,7 +61,7 @@ class TrainConfig:
     augment: str | None = None  # "natural", "topdown" or "none"; None: from the images
     seed: int = 0
     mixed_precision: str | None = None  # "mixed_float16" (GPU) or "mixed_bfloat16" (recent CPUs, TPU)
-    distribute: str | None = None  # "mirrored": every local GPU (or the CPU) through tf.distribute
+    distribute: str | None = None  # "mirrored": every local GPU (or the CPU); "multiworker": machines in TF_CONFIG
     out_dir: str = "runs/kseg"
     overwrite: bool = False  # start afresh in an out_dir that holds a finished run
     verbose: int = 1
@@ -83,6 +87,7 @@ class TrainResult:
     last_path: str
     initial_epoch: int
     summary: dict = dataclasses.field(default_factory=dict)
+    worker_weights: str | None = None  # multi-worker, on the other workers: their final weights (a temporary file)
 
 
 def save_atomic(model, path):
@@ -117,10 +122,14 @@ class Schedule(keras.callbacks.Callback):
     `reserve` seconds, estimated at first, then 1.25 x the last round's overhead plus `final_save`. Each
     round's step, seconds and learning rate go into the logs
     (log.csv), and `overhead` sums the seconds spent between rounds (validation, checkpoints, backups).
+
+    With several workers, `agree` (`kseg.distribute.Cluster.broadcast`) gives every worker the chief's
+    progress after each step: all must use the same learning rate and stop at the same step, and a time
+    budget read from each worker's own clock would disagree.
     """
 
     def __init__(self, learning_rate, power, started, total_steps=None, time_budget=None, steps_before=0,
-                 seconds_before=0.0, reserve=0.0, final_save=0.0):
+                 seconds_before=0.0, reserve=0.0, final_save=0.0, agree=None):
         super().__init__()
         self.learning_rate, self.power = learning_rate, power
         self.started, self.seconds_before = started, seconds_before
@@ -129,11 +138,16 @@ class Schedule(keras.callbacks.Callback):
         self.step = self.first_step = steps_before
         self.overhead, self.rounds, self._round_ended = 0.0, 0, None
         self.stopped_by, self.current = "steps", learning_rate
+        self.agree = agree if time_budget else None  # progress by steps alone is the same on every worker
+        self._agreed = None
 
     def elapsed(self):
         return self.seconds_before + time.monotonic() - self.started
 
     def progress(self):
+        return self._own_progress() if self._agreed is None else self._agreed
+
+    def _own_progress(self):
         fractions = [0.0]
         if self.total_steps:
             fractions.append(self.step / self.total_steps)
@@ -141,8 +155,16 @@ class Schedule(keras.callbacks.Callback):
             fractions.append(self.elapsed() / max(self.time_budget - self.reserve, 1e-9))
         return min(max(fractions), 1.0)
 
+    def _agree(self):
+        if self.agree is not None:
+            self._agreed = min(self.agree([self._own_progress()])[0], 1.0)
+
+    def on_train_begin(self, logs=None):
+        self._agree()
+
     def on_epoch_begin(self, epoch, logs=None):
         self._end_of_round()
+        self._agree()
 
     def on_train_batch_begin(self, batch, logs=None):
         self.current = self.learning_rate * (1.0 - self.progress()) ** self.power
@@ -151,6 +173,7 @@ class Schedule(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         self._last_batch = time.monotonic()
+        self._agree()
         if self.progress() >= 1.0:
             self.model.stop_training = True
             if not self.total_steps or self.step < self.total_steps:
@@ -206,8 +229,11 @@ def build_and_compile(config, num_classes):
     return model
 
 
-def resolve(config, train_split):
-    """(config with every unset field chosen, {field: Choice}): the settings a run will use."""
+def resolve(config, train_split, workers=1):
+    """(config with every unset field chosen, {field: Choice}): the settings a run will use.
+
+    `workers`: machines sharing each step (multi-worker), each taking `batch_size` images of it.
+    """
     choices = recipe.choose(config, train_split)
     resolved = dataclasses.replace(config, **{name: choice.value for name, choice in choices.items()})
     if resolved.augment not in kseg.data.AUGMENTATIONS:
@@ -217,14 +243,14 @@ def resolve(config, train_split):
         if value is not None and value <= 0:
             raise KsegError(f"{name} must be positive, got {value}")
     if resolved.steps is None and resolved.epochs is not None:
-        per_epoch = resolved.steps_per_epoch or max(len(train_split) // resolved.batch_size, 1)
+        per_epoch = resolved.steps_per_epoch or max(len(train_split) // (resolved.batch_size * workers), 1)
         resolved.steps = math.ceil(resolved.epochs * per_epoch)
         if resolved.steps_per_epoch and resolved.val_every is None:
             resolved.val_every = resolved.steps_per_epoch
     return resolved, choices
 
 
-def _describe(config, choices, num_classes, train_split, val_split):
+def _describe(config, choices, num_classes, train_split, val_split, cluster=None):
     length = [f"{config.steps} steps"] if config.steps else []
     if config.time_budget:
         length.append(f"{config.time_budget:g} s")
@@ -234,7 +260,8 @@ def _describe(config, choices, num_classes, train_split, val_split):
                  f"{num_classes} classes"),
         ("model", f"{config.model}({kwargs})" if kwargs else config.model, "model", "model_kwargs"),
         ("crop", "x".join(map(str, config.crop_size)), "crop_size"),
-        ("batch", str(config.batch_size), "batch_size"),
+        ("batch", f"{config.batch_size} per worker x {cluster.workers} workers" if cluster else str(config.batch_size),
+         "batch_size"),
         ("length", " or ".join(length) + " (whichever comes first)" * (len(length) > 1), "steps"),
         ("optimizer", f"{config.optimizer}, learning rate {config.learning_rate:g}, poly {config.poly_power} to 0",
          "learning_rate"),
@@ -305,25 +332,44 @@ def train(config, callbacks=()):
     """Trains `config.model` on `config.data`; returns a TrainResult. Resumes if `out_dir` holds a run.
 
     The run folder is locked while it trains: a second `train` on the same `out_dir` raises a KsegError
-    naming the process that holds it (a lock left by a killed process is taken over).
+    naming the process that holds it (a lock left by a killed process is taken over). With several
+    workers only the chief locks and writes it.
     """
     started = time.monotonic()
-    with files.FolderLock(config.out_dir, "kseg train"):
-        return _train(config, callbacks, started)
+    if config.distribute is not None and config.distribute not in DISTRIBUTIONS:
+        raise KsegError(f"unknown distribution {config.distribute!r}; available: {', '.join(DISTRIBUTIONS)}")
+    if config.distribute and keras.backend.backend() != "tensorflow":
+        raise KsegError(distribute.unsupported_backend())
+    # The multi-worker strategy must exist before TensorFlow runs anything (collectives are set up at startup).
+    cluster = distribute.multiworker() if config.distribute == "multiworker" else None
+    try:
+        if cluster and not cluster.is_chief:
+            return _train(config, callbacks, started, cluster)
+        with files.FolderLock(config.out_dir, "kseg train"):
+            return _train(config, callbacks, started, cluster)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as error:
+        if cluster is None:
+            raise
+        raise KsegError(distribute.lost_worker(error, config.out_dir)) from error
 
 
-def _train(config, callbacks, started):
+def _train(config, callbacks, started, cluster=None):
+    chief = cluster is None or cluster.is_chief
+    workers = cluster.workers if cluster else 1
     best_path = os.path.join(config.out_dir, "best.keras")
     last_path = os.path.join(config.out_dir, "last.keras")
     config_path = os.path.join(config.out_dir, "config.json")
-    finished = os.path.exists(last_path) and not os.path.isdir(os.path.join(config.out_dir, "backup"))
+    finished = chief and os.path.exists(last_path) and not os.path.isdir(os.path.join(config.out_dir, "backup"))
+    if cluster:  # what the chief finds in its run folder decides for every worker
+        finished = bool(cluster.broadcast([finished])[0])
     if finished and not config.overwrite:
         raise KsegError(f"{config.out_dir} holds a finished run; choose another output folder or pass --overwrite")
-    if finished:
+    if finished and chief:
         for name in ("best.keras", "last.keras", "log.csv", "summary.json"):
             if os.path.exists(os.path.join(config.out_dir, name)):
                 os.remove(os.path.join(config.out_dir, name))
-    os.makedirs(config.out_dir, exist_ok=True)
+    if chief:
+        os.makedirs(config.out_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(config.mixed_precision)
@@ -333,51 +379,81 @@ def _train(config, callbacks, started):
         config.val_data or config.data, "val", num_classes=config.num_classes, **config.data_options
     )
     num_classes = config.num_classes or train_split.num_classes
-    initial_epoch, best, seconds_before = _resume_state(config.out_dir)
+    initial_epoch, best, seconds_before = _resume_state(config.out_dir) if chief else (0, None, 0.0)
     stored = {}
     if initial_epoch and os.path.exists(config_path):
         with open(config_path) as f:  # a resumed run keeps its rounds, or the backup's count means nothing
             stored = json.load(f)
-        if config.val_every is None:
-            config = dataclasses.replace(config, val_every=stored.get("val_every"))
-    config, choices = resolve(config, train_split)
-    print(_describe(config, choices, num_classes, train_split, val_split), flush=True)  # whatever the verbosity
+    if cluster:  # the other workers resume from the chief's state (SyncFromChief gives them its weights)
+        initial_epoch, seconds_before, val_every, timing_steps = cluster.broadcast(
+            [initial_epoch, seconds_before, stored.get("val_every") or 0, stored.get("timing_steps", 0)])
+        initial_epoch = int(initial_epoch)
+        stored = {"val_every": int(val_every) or None, "timing_steps": int(timing_steps)} if initial_epoch else {}
+    if initial_epoch and config.val_every is None:
+        config = dataclasses.replace(config, val_every=stored.get("val_every"))
+    config, choices = resolve(config, train_split, workers)
+    print(_describe(config, choices, num_classes, train_split, val_split, cluster), flush=True)  # whatever verbosity
+    if cluster:
+        print(f"kseg: {cluster}; " + ("writing " + config.out_dir if chief else "the chief writes the run folder"),
+              flush=True)
 
     augment = kseg.data.AUGMENTATIONS[config.augment]
+    global_batch = config.batch_size * workers
 
     # Cache decoded crops in memory when a streamed split fits in about 2 GiB (16 bytes a pixel, decoded).
     fits = not train_split.in_memory and len(train_split) * math.prod(config.crop_size) * 16 < 2**31
 
     def batches(cache=fits):
-        train = kseg.data.pipeline(train_split, config.batch_size, size=tuple(config.crop_size), training=True,
-                                   seed=config.seed, repeat=True, cache=cache, **augment)
-        return train, kseg.data.pipeline(val_split, config.batch_size, cache=cache)
+        if not cluster:
+            train = kseg.data.pipeline(train_split, config.batch_size, size=tuple(config.crop_size), training=True,
+                                       seed=config.seed, repeat=True, cache=cache, **augment)
+            return train, kseg.data.pipeline(val_split, config.batch_size, cache=cache)
+        # Each worker reads its own share of the images, in global batches that tf.distribute splits into
+        # per-worker ones (sharding "OFF": already done). Validation batches are split between the workers
+        # ("DATA"): as many steps as with the global batch, each as small as that allows, so that the few
+        # blank examples that make every worker's part whole (`distribute.pad`) are as few as possible.
+        own = distribute.shard(train_split, workers, cluster.index)
+        train = kseg.data.pipeline(own, global_batch, size=tuple(config.crop_size),
+                                   training=True, seed=config.seed + distribute.WORKER_SEED_STRIDE * cluster.index,
+                                   repeat=True, cache=cache, **augment)
+        val_steps = math.ceil(len(val_split) / global_batch)
+        val_batch = workers * math.ceil(len(val_split) / (workers * val_steps))
+        val = kseg.data.pipeline(distribute.pad(val_split, val_batch), val_batch, cache=cache)
+        return distribute.with_sharding(train, "OFF"), distribute.with_sharding(val, "DATA")
 
     train_batches, val_batches = batches()
 
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")  # our datasets are shuffled
-    strategy = tf.distribute.MirroredStrategy() if config.distribute == "mirrored" else tf.distribute.get_strategy()
+    if cluster:
+        strategy = cluster.strategy
+    else:
+        strategy = tf.distribute.MirroredStrategy() if config.distribute == "mirrored" else tf.distribute.get_strategy()
     with strategy.scope():
         model = build_and_compile(config, num_classes)
         model.build((None, None, None, 3))
 
     steps_before, overhead_s, save_s = stored.get("timing_steps", 0), 0.0, 0.0
     if config.val_every is None or not initial_epoch:
-        # Timed on uncached copies: a partly read cache is thrown away (with a warning).
-        step_s, overhead_s, save_s = _measure(model, *batches(cache=False), len(val_split), config.batch_size)
+        # Timed on uncached copies: a partly read cache is thrown away (with a warning). Every worker takes
+        # part (the steps are collective); the chief's timing sizes the rounds.
+        step_s, overhead_s, save_s = _measure(model, *batches(cache=False), len(val_split), global_batch)
         steps_before = WARMUP_STEPS + 1
         if config.val_every is None:
             seconds_left = config.time_budget and config.time_budget - (time.monotonic() - started)
             config.val_every = _rounds(step_s, overhead_s, config.steps, seconds_left)
-    with open(config_path + ".tmp", "w") as f:
-        json.dump({**dataclasses.asdict(config), "num_classes": num_classes, "class_names": train_split.class_names,
-                   "chosen": {name: choice.reason for name, choice in choices.items()},
-                   "timing_steps": steps_before}, f, indent=2)
-    os.replace(config_path + ".tmp", config_path)
-    for checkpoint in (best_path, last_path):  # what made them, should they leave the run folder
-        provenance.write_keras_sidecar(checkpoint, config.model, config.model_kwargs, num_classes=num_classes,
-                                       class_names=train_split.class_names, data=config.data,
-                                       crop_size=list(config.crop_size))
+            if cluster:
+                config.val_every = int(cluster.broadcast([config.val_every])[0])
+    if chief:
+        with open(config_path + ".tmp", "w") as f:
+            json.dump({**dataclasses.asdict(config), "num_classes": num_classes,
+                       "class_names": train_split.class_names,
+                       "chosen": {name: choice.reason for name, choice in choices.items()},
+                       "timing_steps": steps_before}, f, indent=2)
+        os.replace(config_path + ".tmp", config_path)
+        for checkpoint in (best_path, last_path):  # what made them, should they leave the run folder
+            provenance.write_keras_sidecar(checkpoint, config.model, config.model_kwargs, num_classes=num_classes,
+                                           class_names=train_split.class_names, data=config.data,
+                                           crop_size=list(config.crop_size))
     rounds = math.ceil(max(config.steps - steps_before, 1) / config.val_every) if config.steps else 10**9
     steps_before += initial_epoch * config.val_every
     if initial_epoch:
@@ -386,26 +462,38 @@ def _train(config, callbacks, started):
     print(f"kseg: validating and saving every {config.val_every} steps", flush=True)
 
     schedule = Schedule(config.learning_rate, config.poly_power, started, config.steps, config.time_budget,
-                        steps_before, seconds_before, overhead_s + save_s, save_s)
-    history = model.fit(
-        train_batches,
-        validation_data=val_batches,
-        epochs=rounds,
-        steps_per_epoch=config.val_every,
-        callbacks=[  # step and time into the logs first; the log row and best checkpoint before the backup
-            schedule,
+                        steps_before, seconds_before, overhead_s + save_s, save_s,
+                        agree=cluster.broadcast if cluster else None)
+    # Step and time into the logs first; the log row and best checkpoint before the backup. Only the chief
+    # writes; callbacks that take part in collectives (Schedule, SyncFromChief) run on every worker.
+    run_callbacks = [schedule]
+    if chief:
+        run_callbacks += [
             keras.callbacks.CSVLogger(os.path.join(config.out_dir, "log.csv"), append=True),
             AtomicBestCheckpoint(best_path, "val_miou", best),
             keras.callbacks.BackupAndRestore(os.path.join(config.out_dir, "backup"), double_checkpoint=True),
             keras.callbacks.TensorBoard(os.path.join(config.out_dir, "tensorboard"), write_graph=False),
-            *callbacks,
-        ],
-        verbose=config.verbose,
+        ]
+    if cluster and initial_epoch:
+        run_callbacks.append(distribute.SyncFromChief(cluster))  # after the chief's BackupAndRestore
+    history = model.fit(
+        train_batches,
+        validation_data=val_batches,
+        epochs=rounds,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=config.val_every,
+        callbacks=[*run_callbacks, *callbacks],
+        verbose=config.verbose if chief else 0,
     )
+    summary = _summary(config, schedule, history.history, started, workers)
+    if not chief:  # its final weights, in a temporary folder: the run folder is the chief's
+        worker_weights = os.path.join(tempfile.mkdtemp(prefix=f"kseg-worker{cluster.index}-"), "last.weights.h5")
+        model.save_weights(worker_weights)
+        print(f"kseg: {cluster} trained {summary['steps']} steps; its final weights: {worker_weights}", flush=True)
+        return TrainResult(model, history.history, best_path, last_path, initial_epoch, summary, worker_weights)
     save_atomic(model, last_path)
     if not os.path.exists(best_path):  # e.g. resumed after the last round: keep the contract
         save_atomic(model, best_path)
-    summary = _summary(config, schedule, history.history, started)
     with open(os.path.join(config.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"kseg: trained {summary['steps']} steps in {summary['seconds']:.0f} s "
@@ -415,19 +503,21 @@ def _train(config, callbacks, started):
     return TrainResult(model, history.history, best_path, last_path, initial_epoch, summary)
 
 
-def _summary(config, schedule, history, started):
-    """This session's numbers: steps, seconds, training speed and the share validation and saving took."""
+def _summary(config, schedule, history, started, workers=1):
+    """This session's numbers: steps, seconds, training speed (images/s over all workers) and the share
+    validation and saving took."""
     seconds = time.monotonic() - started
     miou = [m for m in history.get("val_miou", []) if m is not None]
     return {
         "steps": schedule.step,
         "seconds": schedule.seconds_before + seconds,
         "session_seconds": seconds,
-        "images_per_second": (schedule.step - schedule.first_step) * config.batch_size
+        "images_per_second": (schedule.step - schedule.first_step) * config.batch_size * workers
         / max(seconds - schedule.overhead, 1e-9),
         "overhead_seconds": schedule.overhead,
         "overhead_share": schedule.overhead / max(seconds, 1e-9),
         "rounds": schedule.rounds,
         "best_val_miou": max(miou) if miou else float("nan"),
         "stopped_by": schedule.stopped_by,
+        "workers": workers,
     }

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -173,6 +174,7 @@ def test_training_resumes_after_a_kill(data, tmp_path):
     result = kseg("train", *TINY, "--data", str(data), "--epochs", "40", "--val-every", "4", "--out", str(out),
                   timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert not FRAMEWORK_LOG.search(result.stderr), result.stderr[-2000:]  # a clean console
     assert f"resuming {out} after round {finished} (step {5 + 4 * finished}," in result.stdout
     with open(out / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -246,6 +248,15 @@ def test_export_takes_size_and_provenance_from_the_run(run_dir, tmp_path, capsys
     assert info["provenance"]["builder_args"] == {"filters": 4, "depth": 2}
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert [entry["artifact"] for entry in manifest["artifacts"]] == ["best_float32.tflite"]
+
+
+FRAMEWORK_LOG = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuda", re.M)  # TensorFlow's C++ logs
+
+
+def test_the_console_carries_no_framework_logs():
+    result = kseg("models")
+    assert result.returncode == 0 and "deeplabv3plus" in result.stdout
+    assert not FRAMEWORK_LOG.search(result.stderr), result.stderr
 
 
 def test_the_command_line_starts_without_tensorflow():

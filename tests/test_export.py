@@ -47,6 +47,7 @@ def test_float_litert_matches_keras_for_every_architecture(name, tmp_path):
 
 @pytest.mark.parametrize("name", kseg.models.names())
 def test_full_int8_for_every_architecture_takes_raw_pixels(name, tmp_path):
+    keras.utils.set_random_seed(0)
     model = kseg.models.get(name, 3, tiny=True)
     calibration = [np.random.default_rng(i).uniform(0, 255, (1, *SIZE, 3)).astype("float32") for i in range(4)]
     calibration[0][0, 0, 0, :2] = (0, 255)
@@ -137,8 +138,8 @@ def test_savedmodel_serves_inference_mode(trained):
 
 def test_unknown_mode_and_missing_calibration():
     model = kseg.models.get("unet", 2, tiny=True)
-    with pytest.raises(kseg.KsegError, match="unknown export mode 'int4'"):
-        export.to_litert(model, "x.tflite", "int4")
+    with pytest.raises(kseg.KsegError, match="unknown export mode 'int2'"):
+        export.to_litert(model, "x.tflite", "int2")
     with pytest.raises(kseg.KsegError, match="int8 export needs calibration images"):
         export.to_litert(model, "x.tflite", "int8")
 
@@ -180,13 +181,14 @@ def test_export_stage_writes_artifacts_and_manifest(trained, tmp_path, monkeypat
 def test_every_mode_is_in_one_table():
     from kseg import modes
 
-    assert list(modes.MODES) == ["float32", "float16", "dynamic", "int8", "int16x8", "qat_int8", "pruned_float32",
-                                 "pruned_int8"]
+    assert list(modes.MODES) == ["float32", "float16", "dynamic", "int8", "int16x8", "int4", "mixed", "qat_int8",
+                                 "pruned_float32", "pruned_int8", "onnx"]
     assert modes.POST_TRAINING == ("float32", "float16", "dynamic", "int8", "int16x8")
+    assert modes.AEQ == ("int4", "mixed")  # kseg.quantizer's (ai-edge-quantizer)
     assert [name for name, mode in modes.MODES.items() if mode.needs_data] == [
-        "int8", "int16x8", "qat_int8", "pruned_float32", "pruned_int8"]
-    with pytest.raises(kseg.KsegError, match="unknown export mode 'int4'; available: float32, "):
-        modes.get("int4")
+        "int8", "int16x8", "int4", "mixed", "qat_int8", "pruned_float32", "pruned_int8"]
+    with pytest.raises(kseg.KsegError, match="unknown export mode 'int2'; available: float32, "):
+        modes.get("int2")
 
 
 @pytest.mark.slow

@@ -10,14 +10,14 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "kseg")
 
 # Bottom to top: a module may import from its own layer and the ones below it, never from above.
 LAYERS = (
-    ("kseg", "kseg.errors", "kseg.modes", "kseg.files", "kseg.provenance", "kseg.viz", "kseg.report",
-     "kseg.complexity"),
+    ("kseg", "kseg.errors", "kseg.console", "kseg.modes", "kseg.files", "kseg.provenance", "kseg.viz",
+     "kseg.report", "kseg.complexity"),
     ("kseg.models", "kseg.data", "kseg.losses", "kseg.metrics"),
-    ("kseg.training", "kseg.recipe", "kseg.runtime"),
-    ("kseg.evaluation", "kseg.export", "kseg.bench"),
-    ("kseg.compression",),
+    ("kseg.training", "kseg.distribute", "kseg.recipe", "kseg.runtime", "kseg.litert_profile"),
+    ("kseg.evaluation", "kseg.export", "kseg.metadata", "kseg.onnx_export", "kseg.bench"),
+    ("kseg.compression", "kseg.quantizer"),
     ("kseg.stage", "kseg.study"),
-    ("kseg.demo", "kseg.cli", "kseg.__main__"),
+    ("kseg.demo", "kseg.cli", "kseg.commands", "kseg.__main__"),
 )
 
 

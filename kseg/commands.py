@@ -1,0 +1,250 @@
+"""What each `kseg` command does, given its parsed arguments (`kseg.cli` parses them and reports errors).
+
+Each command imports what it needs when it runs, so `kseg --help` starts without loading a framework.
+"""
+
+import json
+import os
+
+from kseg import modes
+from kseg.errors import KsegError, first_line
+
+
+def _model_args(items):
+    """`--model-arg key=value` pairs; values are JSON when they parse (numbers, dicts), else strings."""
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"kseg: error: --model-arg expects key=value, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def cmd_demo(args):
+    from kseg import demo
+
+    config = demo.DemoConfig.quick(args.out) if args.quick else demo.DemoConfig(out_dir=args.out)
+    if args.steps is not None:
+        config.steps = args.steps
+    config.overwrite = args.overwrite
+    demo.run(config)
+
+
+TRAIN_FLAGS = {  # TrainConfig field -> argparse destination; None on the command line keeps the config's value
+    "model": "model", "data": "data", "val_data": "val_data", "num_classes": "num_classes",
+    "crop_size": "crop_size", "batch_size": "batch_size", "steps": "steps", "epochs": "epochs",
+    "time_budget": "time_budget", "steps_per_epoch": "steps_per_epoch", "val_every": "val_every",
+    "optimizer": "optimizer", "learning_rate": "lr", "loss": "loss", "augment": "augment", "seed": "seed",
+    "mixed_precision": "mixed_precision", "distribute": "distribute", "out_dir": "out", "verbose": "verbose",
+}
+
+
+def cmd_train(args):
+    from kseg import training
+
+    overrides = {field: getattr(args, dest) for field, dest in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
+    if args.model_arg:
+        overrides["model_kwargs"] = _model_args(args.model_arg)
+    overrides["overwrite"] = args.overwrite
+    if args.config:
+        config = training.TrainConfig.from_json(args.config, **overrides)
+    else:
+        config = training.TrainConfig(**overrides)
+    result = training.train(config)
+    print(f"best model: {result.best_path}")
+
+
+def _split(args):
+    import kseg
+
+    return kseg.data.load(args.data, args.split, num_classes=args.num_classes)
+
+
+def cmd_evaluate(args):
+    from kseg import evaluation, report
+
+    split = _split(args)
+    result = evaluation.evaluate(args.model, split, num_threads=args.threads)
+    print(result.table())
+    s = result.scores
+    print(f"\nmIoU {100 * s['miou']:.2f}  pixel accuracy {100 * s['pixel_accuracy']:.2f}  "
+          f"mean class accuracy {100 * s['mean_class_accuracy']:.2f}  FWIoU {100 * s['fwiou']:.2f}  "
+          f"Dice {100 * s['dice']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "data": args.data, "split": args.split, **result.to_json()}, f, indent=2)
+    if args.confusion:
+        report.confusion_figure(result, args.confusion)
+
+
+def cmd_predict(args):
+    import numpy as np
+    from PIL import Image
+
+    from kseg import runtime, viz
+    from kseg.errors import DataError
+
+    runner = runtime.predictor(args.model, args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    for path in args.images:
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path}: cannot decode image ({first_line(error)})") from error
+        labels = runner.labels(pixels[None].astype(np.float32))[0]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        viz.label_image(labels).save(os.path.join(args.out, f"{stem}.png"))
+        Image.fromarray(viz.overlay(pixels, labels)).save(os.path.join(args.out, f"{stem}_overlay.jpg"), quality=92)
+        print(f"{path} -> {os.path.join(args.out, stem)}.png, {stem}_overlay.jpg")
+
+
+def _settings(args, cls=modes.ExportSettings, **more):
+    """The export settings (or a StudyConfig) from the fine-tuning and quantizer flags."""
+    if (args.float_ops or args.float_layers) and not set(args.modes) & set(modes.AEQ):
+        raise KsegError(f"--float-ops and --float-layers apply to the ai-edge-quantizer modes ({', '.join(modes.AEQ)})"
+                        f"; none of {', '.join(args.modes)} is one")
+    return cls(num_calibration=args.num_calibration, qat_steps=args.qat_steps, qat_learning_rate=args.qat_lr,
+               sparsity=args.sparsity, prune_epochs=args.prune_epochs, batch_size=args.batch_size,
+               max_drop=args.max_drop, promote=args.promote, float_ops=tuple(args.float_ops),
+               float_layers=tuple(args.float_layers), **more)
+
+
+def cmd_export(args):
+    import kseg
+    from kseg import export, provenance, runtime, stage
+
+    model = runtime.load_keras(args.model)
+    origin = provenance.of_checkpoint(args.model, model)
+    data = args.calibration_data or origin.get("data") or "synthetic"
+    needs_data = any(modes.get(mode).needs_data for mode in args.modes)
+    train = kseg.data.load(data, "train", num_classes=args.num_classes) if needs_data else None
+    if args.savedmodel:
+        print(export.save_savedmodel(model, os.path.join(args.out, stage.artifact_stem(args.model) + "_savedmodel")))
+    results = stage.export_checkpoint(model, args.out, args.modes, args.input_size, train, settings=_settings(args),
+                                      output=args.output, io_dtype=args.io_dtype, source=args.model)
+    stage.write_manifest(args.out, results, calibration_data=data if needs_data else None)
+    print(f"manifest: {os.path.join(args.out, 'manifest.json')} (sidecars: <artifact>.json)")
+
+
+def cmd_quantize_study(args):
+    import kseg
+    from kseg import study
+
+    train = kseg.data.load(args.data, "train", num_classes=args.num_classes)
+    val = kseg.data.load(args.data, args.split, num_classes=args.num_classes)
+    config = _settings(args, study.StudyConfig, modes=tuple(args.modes), threads=tuple(args.threads), runs=args.runs,
+                       sensitivity=args.sensitivity)
+    study.run(args.model, train, val, args.out, args.input_size, config)
+    print(f"report: {os.path.join(args.out, 'study.md')}")
+
+
+def cmd_bench(args):
+    from kseg import bench
+
+    results = []
+    for path in args.artifacts:
+        for threads in args.threads:
+            stats = bench.benchmark(path, threads=threads, runs=args.runs, warmup=args.warmup,
+                                    input_size=args.input_size, ops=args.ops, fresh_process=args.fresh_process)
+            results.append(stats)
+            print(bench_lines(stats, top=args.top_ops))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def bench_lines(stats, top=10):
+    """`kseg bench`'s report of one `kseg.bench.benchmark` result: latency, its steps, start-up and memory, and
+    with per-op times the `top` op types."""
+    height, width = stats["input_size"]
+    lines = [f"{stats['path']}  threads {stats['threads']}  {height}x{width}  mean {stats['mean_ms']:.2f} ms  "
+             f"p50 {stats['p50_ms']:.2f}  p90 {stats['p90_ms']:.2f}  size {stats['size_bytes'] / 1e6:.2f} MB"]
+    if stats.get("invoke"):
+        lines.append(f"  invoke {stats['invoke']['mean_ms']:.2f} ms (p50 {stats['invoke']['p50_ms']:.2f}), "
+                     f"input copy {stats['input_copy']['mean_ms']:.3f} ms, "
+                     f"output copy {stats['output_copy']['mean_ms']:.3f} ms, "
+                     f"quantize {stats['quantize']['mean_ms']:.3f} ms, "
+                     f"dequantize {stats['dequantize']['mean_ms']:.3f} ms")
+    start = f"  init (load + allocate) {stats['init_ms']:.1f} ms, first run {stats['first_run_ms']:.1f} ms"
+    if stats.get("peak_rss_growth_mb") is not None:
+        start += (f", memory +{stats['peak_rss_growth_mb']:.1f} MB at peak, +{stats['rss_growth_mb']:.1f} MB after "
+                  f"(resident set{'' if stats.get('fresh_process') else ', in this process'})")
+    lines.append(start)
+    if stats.get("ops"):
+        lines.append(f"  ops ({stats['ops_source']}, {len(stats['ops'])} types), slowest first:")
+        lines.append(f"    {'share':>6}  {'ms/run':>8}  {'nodes':>5}  op")
+        for row in stats["ops"][:top]:
+            lines.append(f"    {100 * row['share']:5.1f}%  {row['ms']:8.3f}  {row['nodes']:>5}  {row['op']}")
+    return "\n".join(lines)
+
+
+def cmd_data_check(args):
+    import kseg
+    from kseg.data import check
+
+    colors = _colors(args.colors)
+    report = check(args.dir, num_classes=args.num_classes, colors=colors)
+    print(f"{args.dir}: {len(report.pairs)} image/mask pairs, {report.num_classes} classes")
+    for (height, width), count in report.sizes.most_common(5):
+        print(f"  size {width}x{height}: {count} images")
+    if len(report.sizes) > 5:
+        print(f"  ... {len(report.sizes) - 5} more sizes")
+    if report.binary_255:
+        print("  masks hold only 0 and 255: 255 is read as the foreground (class 1), not as ignore")
+    if report.skipped:
+        print(f"{len(report.skipped)} file(s) skipped (not used for training):")
+        for line in report.skipped:
+            print(f"  {line}")
+    total = max(int(report.histogram.sum()), 1)
+    print("  label   pixels      share")
+    for label in [i for i in range(256) if report.histogram[i]]:
+        name = "ignore" if label == kseg.IGNORE_LABEL else str(label)
+        print(f"  {name:>6}  {int(report.histogram[label]):>10}  {100 * report.histogram[label] / total:6.2f}%")
+    if report.problems:
+        print(f"{len(report.problems)} problem(s):")
+        for problem in report.problems:
+            print(f"  {problem}")
+        return 1
+    print("no problems found")
+    return 0
+
+
+def _colors(path):
+    """A colour table from JSON: {"r,g,b": class} or [[r, g, b], ...] (index = class)."""
+    if not path:
+        return None
+    with open(path) as f:
+        table = json.load(f)
+    if isinstance(table, list):
+        return {tuple(color): label for label, color in enumerate(table)}
+    return {tuple(int(c) for c in key.split(",")): int(label) for key, label in table.items()}
+
+
+def cmd_data_synth(args):
+    from kseg.data import write_folder
+
+    for split, count in (("train", args.num_images), ("val", max(args.num_images // 4, 1))):
+        write_folder(os.path.join(args.out, split), count, args.size, args.seed, split)
+    print(f"wrote {args.out}/train and {args.out}/val (images/ and palette masks/)")
+
+
+def cmd_data_pack(args):
+    from kseg.data import shards
+
+    index = shards.pack(args.dir, args.out, args.shards, num_classes=args.num_classes, colors=_colors(args.colors))
+    counts = ", ".join(f"{name} {entry['count']} pairs in {len(entry['files'])} shards"
+                       for name, entry in index["splits"].items())
+    print(f"wrote {args.out}: {counts}, {index['num_classes']} classes (train with: kseg train --data {args.out})")
+
+
+def cmd_models(args):
+    import kseg
+
+    for name in kseg.models.names():
+        print(f"{name:16s} {kseg.models.architecture(name).paper}")
+    print(f"\nbackbones: {', '.join(kseg.models.backbones.names())}")
