@@ -56,6 +56,7 @@ def check_ops(rows):
     assert sum(row["share"] for row in rows) == pytest.approx(1, abs=0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["float32", "int8"])
 def test_litert_steps_startup_memory_and_ops(artifacts, mode):
     stats = bench.benchmark(artifacts[mode], threads=1, runs=4, warmup=1, ops=True)
@@ -67,6 +68,7 @@ def test_litert_steps_startup_memory_and_ops(artifacts, mode):
     assert "onv" in names  # convolutions (XNNPACK's "Convolution ..." or the builtin CONV_2D) are profiled
 
 
+@pytest.mark.slow
 def test_a_fresh_process_measures_the_same_fields(artifacts):
     stats = bench.benchmark(artifacts["float32"], threads=1, runs=3, warmup=1, fresh_process=True)
     assert stats["fresh_process"] is True

@@ -67,6 +67,7 @@ def test_train_writes_checkpoints_and_logs(run_dir):
     assert sidecar["num_classes"] == 6 and sidecar["crop_size"] == [32, 32] and sidecar["kseg_version"]
 
 
+@pytest.mark.slow
 def test_a_run_folder_in_use_is_refused_and_a_dead_holder_is_taken_over(data, tmp_path):
     out = tmp_path / "busy"
     holder = subprocess.Popen([sys.executable, "-c", "import time; from kseg.files import FolderLock; "
@@ -139,6 +140,7 @@ def test_data_check_reports_problems_and_exit_code(data, tmp_path, capsys):
     assert "no mask (expected" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_without_a_trace(tmp_path):
     result = kseg("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
@@ -253,6 +255,7 @@ def test_export_takes_size_and_provenance_from_the_run(run_dir, tmp_path, capsys
 FRAMEWORK_LOG = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuda", re.M)  # TensorFlow's C++ logs
 
 
+@pytest.mark.slow
 def test_the_console_carries_no_framework_logs():
     result = kseg("models")
     assert result.returncode == 0 and "deeplabv3plus" in result.stdout

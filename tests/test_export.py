@@ -34,6 +34,7 @@ def images(split, count=4):
     return [x.astype("float32") for x, _ in split.examples.take(count).as_numpy_iterator()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", kseg.models.names())
 def test_float_litert_matches_keras_for_every_architecture(name, tmp_path):
     model = kseg.models.get(name, 3, tiny=True)
@@ -45,6 +46,7 @@ def test_float_litert_matches_keras_for_every_architecture(name, tmp_path):
     assert "DELEGATE" not in info["ops"] and not any(op.startswith("FLEX") for op in info["ops"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", kseg.models.names())
 def test_full_int8_for_every_architecture_takes_raw_pixels(name, tmp_path):
     keras.utils.set_random_seed(0)

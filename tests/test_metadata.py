@@ -12,7 +12,7 @@ from conftest import requires_tensorflow
 import kseg
 from kseg import export, metadata, runtime
 
-pytestmark = requires_tensorflow
+pytestmark = [requires_tensorflow, pytest.mark.slow]  # converts every mode up front (~25 s)
 SIZE = (48, 56)
 NAMES = ["background", "disc", "square"]
 MODES = ("float32", "float16", "dynamic", "int8")

@@ -31,6 +31,7 @@ def assert_close(got, want):
     assert error <= RELATIVE * scale, f"max |onnx - keras| = {error:.3g}, {error / scale:.2g} of max |logit|"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", kseg.models.names())
 def test_onnx_matches_keras_for_every_architecture(name, tmp_path):
     model = kseg.models.get(name, 3, tiny=True)
@@ -52,6 +53,7 @@ def tiny_model():
     return kseg.models.get("deeplabv3plus", 6, tiny=True)
 
 
+@pytest.mark.slow
 def test_labels_output_is_the_argmax_inside_the_graph(tiny_model, tmp_path):
     path = str(tmp_path / "labels.onnx")
     info = onnx_export.to_onnx(tiny_model, path, input_size=SIZE, output="labels")
