@@ -15,12 +15,11 @@ LiteRT's own kernels. The profiler's own bookkeeping makes the runs slower than 
 the shares, and `kseg.bench` for the latency.
 """
 
-import contextlib
 import ctypes
 import os
 import re
-import sys
 
+from kseg import console
 from kseg.errors import KsegError
 
 MIN_VERSION = (2, 3)  # the C API used here (LiteRtCreateModelFromFile taking the environment) was verified on 2.3.0
@@ -91,7 +90,7 @@ class ProfiledModel:
         self.lib, self.path = library(), path
         self.env, self.model, self.options, self.compiled = _handle(), _handle(), _handle(), _handle()
         self.inputs, self.outputs = [], []
-        with _quiet_stderr():  # LiteRT logs each accelerator it looks for at INFO level, with no Python switch
+        with console.quiet():  # LiteRT logs each accelerator it looks for at INFO level, with no Python switch
             self._create(path, num_threads)
 
     def _create(self, path, num_threads):
@@ -183,7 +182,7 @@ class ProfiledModel:
             _LIBC.free(ctypes.cast(text, ctypes.c_void_p))
 
     def close(self):
-        with _quiet_stderr():
+        with console.quiet():
             self._destroy()
 
     def _destroy(self):
@@ -202,20 +201,6 @@ class ProfiledModel:
 
     def __exit__(self, *exc):
         self.close()
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """The process's stderr (fd 2, where LiteRT's C++ logs go) sent to /dev/null for a while."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def parse_summary(text, runs):
