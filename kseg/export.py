@@ -48,15 +48,20 @@ def calibration_images(split, input_size, count=CALIBRATION_IMAGES, seed=0):
     The first image gets one black and one white pixel, so the input range calibrates to exactly
     [0, 255]: the int8 model's uint8 input is then the raw pixel value (scale 1, zero point 0).
     """
-    examples = split.examples.shuffle(1024, seed=seed).take(count)
-    images = []
-    for image, _ in examples:
-        image = tf.image.resize(tf.cast(image, tf.float32), input_size).numpy()
-        images.append(image[None])
+    return calibration_pairs(split, input_size, count, seed)[0]
+
+
+def calibration_pairs(split, input_size, count=CALIBRATION_IMAGES, seed=0):
+    """(images, masks): the images `calibration_images` gives and their masks (uint8 (H, W), resized with
+    nearest neighbour), for choices scored by mIoU on the calibration images."""
+    images, masks = [], []
+    for image, mask in split.examples.shuffle(1024, seed=seed).take(count):
+        images.append(tf.image.resize(tf.cast(image, tf.float32), input_size).numpy()[None])
+        masks.append(tf.image.resize(tf.cast(mask, tf.uint8)[..., None], input_size, method="nearest").numpy()[..., 0])
     if not images:
         raise KsegError("calibration needs at least one image")
     images[0][0, 0, 0], images[0][0, 0, 1] = 0.0, 255.0
-    return images
+    return images, masks
 
 
 def litert_converter(model, mode="float32", input_size=(257, 257), calibration=None, output="logits",

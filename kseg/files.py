@@ -13,8 +13,14 @@ def write_atomic(path, data):
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile("wb", dir=directory, prefix=".tmp-", delete=False) as f:
         f.write(data)
-    os.chmod(f.name, 0o666 & ~_umask())  # the permissions open() would give, not the temporary file's 0600
-    os.replace(f.name, path)
+    publish(f.name, path)
+
+
+def publish(tmp, path):
+    """Gives a finished temporary file (from `tempfile`, mode 0600) its name, atomically, with the permissions
+    `open()` would have given it."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
 def _umask():

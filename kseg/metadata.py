@@ -223,12 +223,16 @@ def _bytes(builder, data, alignment):
     return builder.EndVector()
 
 
-class _AlignedBuffer(tfl.BufferT):
+class AlignedBuffer(tfl.BufferT):
     """A model buffer packed 16-byte aligned: TFLite's schema.fbs says `data:[ubyte] (force_align: 16)`,
-    which the generated Python `Pack` ignores."""
+    which the generated Python `Pack` ignores. `data`: bytes, or an array or list of uint8."""
 
     def Pack(self, builder):
-        data = None if self.data is None else _bytes(builder, np.asarray(self.data, np.uint8).tobytes(), 16)
+        data = None
+        if self.data is not None:
+            raw = bytes(self.data) if isinstance(self.data, (bytes, bytearray, memoryview)) else (
+                np.asarray(self.data, np.uint8).tobytes())
+            data = _bytes(builder, raw, 16)
         tfl.BufferStart(builder)
         if data is not None:
             tfl.BufferAddData(builder, data)
@@ -242,7 +246,7 @@ def _with_buffer(model_bytes, metadata):
     model = tfl.ModelT.InitFromObj(tfl.Model.GetRootAs(model_bytes, 0))
     if any(buffer.offset > 1 for buffer in model.buffers or []):
         raise KsegError("models with external buffers (over 2 GB) cannot carry metadata here")
-    model.buffers = [_AlignedBuffer(data=b.data, offset=b.offset, size=b.size) for b in model.buffers or []]
+    model.buffers = [AlignedBuffer(data=b.data, offset=b.offset, size=b.size) for b in model.buffers or []]
     model.metadata = model.metadata or []
     entry = next((m for m in model.metadata if m.name in (METADATA_NAME, METADATA_NAME.encode())), None)
     if entry is None:  # else its buffer is replaced, as MediaPipe's populator does
@@ -250,7 +254,7 @@ def _with_buffer(model_bytes, metadata):
         entry.name, entry.buffer = METADATA_NAME, len(model.buffers)
         model.buffers.append(None)
         model.metadata.append(entry)
-    model.buffers[entry.buffer] = _AlignedBuffer(data=np.frombuffer(metadata, np.uint8))
+    model.buffers[entry.buffer] = AlignedBuffer(data=np.frombuffer(metadata, np.uint8))
     builder = flatbuffers.Builder(len(model_bytes) + len(metadata) + 65536)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

@@ -22,7 +22,7 @@ import warnings
 
 import keras
 
-from kseg import export, modes, provenance
+from kseg import export, files, modes, provenance
 from kseg.errors import ExportError, KsegError, first_line
 from kseg.runtime import OnnxModel
 
@@ -94,8 +94,7 @@ def to_onnx(model, path, input_size=(257, 257), output="logits", class_names=Non
         exact_resize_sizes(tmp)
         runner = OnnxModel(tmp)  # onnxruntime checks the file before it takes the artifact's name
         ops, opset = runner.ops(), runner.opset()
-        os.chmod(tmp, 0o666 & ~_umask())  # what open() would give, not the temporary file's 0600
-        os.replace(tmp, path)
+        files.publish(tmp, path)
     except ExportError:
         raise
     except Exception as error:
@@ -167,12 +166,6 @@ def exact_resize_sizes(path):
     if changed:
         onnx.save(model, path)
     return changed
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class _Collect(logging.Handler):

@@ -41,7 +41,6 @@ import warnings
 
 import flatbuffers
 import numpy as np
-import tensorflow as tf
 from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.tools import flatbuffer_utils
 from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
@@ -50,6 +49,7 @@ from ai_edge_quantizer.utils import tfl_interpreter_utils
 
 from kseg import console, export, metrics, modes
 from kseg.errors import KsegError
+from kseg.metadata import AlignedBuffer
 from kseg.runtime import LiteRTModel, labels_from_logits
 
 SIGNATURE = "serving_default"  # AEQ runs a model through a signature; kseg's converter writes none
@@ -299,33 +299,11 @@ def inline_buffers(flatbuffer):
     if not any(buffer.offset > 1 for buffer in model.buffers or []):
         return flatbuffer
     model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
-    model.buffers = [_InlineBuffer(buffer.data) for buffer in model.buffers]
+    model.buffers = [AlignedBuffer(data=buffer.data if buffer.data is not None and len(buffer.data) else None)
+                     for buffer in model.buffers]
     builder = flatbuffers.Builder(len(flatbuffer) + 65536)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
-
-
-class _InlineBuffer(tfl.BufferT):
-    """A buffer packed in place and 16-byte aligned (schema.fbs: `data:[ubyte] (force_align: 16)`, which the
-    generated Python `Pack` ignores)."""
-
-    def __init__(self, data):
-        super().__init__()
-        self.data = data
-
-    def Pack(self, builder):
-        data = None
-        if self.data is not None and len(self.data):
-            raw = bytes(self.data) if isinstance(self.data, (bytes, bytearray, memoryview)) else (
-                np.asarray(self.data, np.uint8).tobytes())
-            builder.StartVector(1, len(raw), 16)
-            builder.head -= len(raw)
-            builder.Bytes[builder.head:builder.head + len(raw)] = raw
-            data = builder.EndVector()
-        tfl.BufferStart(builder)
-        if data is not None:
-            tfl.BufferAddData(builder, data)
-        return tfl.BufferEnd(builder)
 
 
 def input_name(flatbuffer):
@@ -334,19 +312,10 @@ def input_name(flatbuffer):
 
 
 def calibration_set(calibration, input_size, count=modes.ExportSettings.num_calibration, seed=0):
-    """(images, masks) at the input size: the images `kseg.export.calibration_images` takes (float32
-    (1, H, W, 3), the first with a black and a white pixel, the same ones for the same seed) and their masks
-    (uint8 (H, W), nearest neighbour); masks None for a list of images."""
+    """(images, masks) at the input size (`kseg.export.calibration_pairs`); masks None for a list of images."""
     if isinstance(calibration, list):
         return calibration, None
-    images, masks = [], []
-    for image, mask in calibration.examples.shuffle(1024, seed=seed).take(count):
-        images.append(tf.image.resize(tf.cast(image, tf.float32), input_size).numpy()[None])
-        masks.append(tf.image.resize(tf.cast(mask, tf.uint8)[..., None], input_size, method="nearest").numpy()[..., 0])
-    if not images:
-        raise KsegError("calibration needs at least one image")
-    images[0][0, 0, 0], images[0][0, 0, 1] = 0.0, 255.0
-    return images, masks
+    return export.calibration_pairs(calibration, input_size, count, seed)
 
 
 def tensor_errors(float_model, quantized_model, images):

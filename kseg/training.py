@@ -444,12 +444,10 @@ def _train(config, callbacks, started, cluster=None):
             if cluster:
                 config.val_every = int(cluster.broadcast([config.val_every])[0])
     if chief:
-        with open(config_path + ".tmp", "w") as f:
-            json.dump({**dataclasses.asdict(config), "num_classes": num_classes,
-                       "class_names": train_split.class_names,
-                       "chosen": {name: choice.reason for name, choice in choices.items()},
-                       "timing_steps": steps_before}, f, indent=2)
-        os.replace(config_path + ".tmp", config_path)
+        files.write_json(config_path, {**dataclasses.asdict(config), "num_classes": num_classes,
+                                       "class_names": train_split.class_names,
+                                       "chosen": {name: choice.reason for name, choice in choices.items()},
+                                       "timing_steps": steps_before})
         for checkpoint in (best_path, last_path):  # what made them, should they leave the run folder
             provenance.write_keras_sidecar(checkpoint, config.model, config.model_kwargs, num_classes=num_classes,
                                            class_names=train_split.class_names, data=config.data,
@@ -494,8 +492,7 @@ def _train(config, callbacks, started, cluster=None):
     save_atomic(model, last_path)
     if not os.path.exists(best_path):  # e.g. resumed after the last round: keep the contract
         save_atomic(model, best_path)
-    with open(os.path.join(config.out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    files.write_json(os.path.join(config.out_dir, "summary.json"), summary)
     print(f"kseg: trained {summary['steps']} steps in {summary['seconds']:.0f} s "
           f"({summary['images_per_second']:.1f} images/s); validation and checkpoints took "
           f"{100 * summary['overhead_share']:.1f}% of the run; best val mIoU {100 * summary['best_val_miou']:.2f}",

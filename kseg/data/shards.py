@@ -62,15 +62,16 @@ def pack(root, out, shards=8, num_classes=None, colors=None, log=print):
         count = shards if name == "train" else max(1, round(shards * len(order) / max(train_count, 1)))
         count = min(count, len(order))
         plan["splits"][name] = [[os.path.relpath(p, root) for p in pair] for pair in order], count
-    stamps = [[os.stat(path).st_size, os.stat(path).st_mtime_ns] for _, pairs in splits.values()
-              for pair in pairs for path in pair]  # a changed file is a new plan
+    stats = [os.stat(path) for _, pairs in splits.values() for pair in pairs for path in pair]
+    stamps = [[stat.st_size, stat.st_mtime_ns] for stat in stats]  # a changed file is a new plan
     fingerprint = hashlib.sha1(json.dumps([plan, stamps], sort_keys=True).encode()).hexdigest()
     os.makedirs(out, exist_ok=True)
-    if files.read_json(os.path.join(out, INDEX)) and (files.read_json(os.path.join(out, PLAN)) or {}).get(
-            "fingerprint") == fingerprint:
+    same_plan = (files.read_json(os.path.join(out, PLAN)) or {}).get("fingerprint") == fingerprint
+    packed = files.read_json(os.path.join(out, INDEX))
+    if packed and same_plan:
         log(f"{out}: already packed from {root}, unchanged")
-        return files.read_json(os.path.join(out, INDEX))
-    if (files.read_json(os.path.join(out, PLAN)) or {}).get("fingerprint") != fingerprint:
+        return packed
+    if not same_plan:
         _clean(out)  # another plan (or none): nothing of it can be kept
         files.write_json(os.path.join(out, PLAN), {"fingerprint": fingerprint, "root": os.path.abspath(root)})
 
