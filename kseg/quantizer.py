@@ -55,6 +55,7 @@ from kseg.runtime import LiteRTModel, labels_from_logits
 SIGNATURE = "serving_default"  # AEQ runs a model through a signature; kseg's converter writes none
 SENSITIVITY_IMAGES = 8  # images that rank ops (reference kernels, every tensor kept)
 MAX_TRIALS = 40  # quantize-and-score trials the mixed search may spend
+INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")  # the ops whose LiteRT kernels take int4 weights next to int8 activations
 _OP = qtyping.TFLOperationName
 _OP_NAMES = {op.value for op in _OP}
 _NO_QUANTIZE = algorithm_manager.AlgorithmName.NO_QUANTIZE
@@ -91,21 +92,21 @@ class Op:
 
 
 def to_litert(model, path, mode, input_size, calibration, output="logits", io_dtype="uint8", settings=None,
-              class_names=None, source=None, origin=None, progress=False):
+              class_names=None, source=None, origin=None, progress=False, extra=None):
     """Writes `model` as a LiteRT file in an ai-edge-quantizer mode ("int4" or "mixed"); returns the sidecar dict.
 
     `calibration`: a `kseg.data.Split` (mixed scores on its images and masks) or, for int4, a list of float32
     (1, H, W, 3) arrays. `settings` (a `kseg.modes.ExportSettings`): calibration images, and `max_drop`,
     `promote`, `float_ops`, `float_layers`. The sidecar's "quantizer" entry records the recipe, what stayed in
-    float and why, and for mixed what the search measured.
+    float and why, and for mixed what the search measured; `extra` adds entries (what fine-tuned the model).
     """
     with console.quiet(), _no_debug_warning():  # AEQ's progress bars, absl notes on recipe overwrites
         return _to_litert(model, path, mode, input_size, calibration, output, io_dtype,
-                          settings or modes.ExportSettings(), class_names, source, origin, progress)
+                          settings or modes.ExportSettings(), class_names, source, origin, progress, extra)
 
 
 def _to_litert(model, path, mode, input_size, calibration, output, io_dtype, settings, class_names, source, origin,
-               progress):
+               progress, extra):
     if modes.get(mode).converter != "aeq":
         raise KsegError(f"export mode {mode!r} is TensorFlow's converter's: export it with kseg.export.to_litert")
     if io_dtype not in modes.IO_DTYPES:
@@ -135,7 +136,8 @@ def _to_litert(model, path, mode, input_size, calibration, output, io_dtype, set
     record["in_float"] = [op.describe(model) for op in float_ops_of(quantized)]
     record["weights"] = weight_types(quantized)
     return export.write_litert(quantized, path, model, mode, input_size, calibration, output,
-                               settings.num_calibration, class_names, source, origin, extra={"quantizer": record})
+                               settings.num_calibration, class_names, source, origin,
+                               extra={**(extra or {}), "quantizer": record})
 
 
 def float_flatbuffer(model, input_size, output="logits"):
@@ -225,8 +227,8 @@ def aeq_quantizer(float_model, mode, io_dtype="uint8", denylist=Denylist(), prom
     target = aeq.Quantizer(float_model)
     target.add_static_config(".*", _OP.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
     if mode == "int4":
-        for name in (_OP.CONV_2D, _OP.FULLY_CONNECTED):
-            target.add_static_config(".*", name, activation_num_bits=8, weight_num_bits=4)
+        for name in INT4_OPS:
+            target.add_static_config(".*", _OP(name), activation_num_bits=8, weight_num_bits=4)
         for op in int8_ends(ops(float_model)):
             target.add_static_config(op.regex, _OP(op.name), activation_num_bits=8, weight_num_bits=8)
     if io_dtype == "uint8":  # raw pixels in, uint8 scores out, as the int8 mode
@@ -252,7 +254,7 @@ def int8_ends(graph):
     in int8. The first sees the raw image through few weights, the last makes the scores; measured on four kseg
     U-Nets (val mIoU, all int4 -> ends in int8, float32): MNI152 tissue 80.6 -> 87.8 (94.9), DSB2018 nuclei
     92.1 -> 94.1 (94.3), cells3d 95.5 -> 95.7 (95.5), synthetic 85.0 -> 85.1 (85.8), for 0.1% of the size."""
-    weighted = [op for op in graph if op.name in ("CONV_2D", "FULLY_CONNECTED")]
+    weighted = [op for op in graph if op.name in INT4_OPS]
     return weighted[:1] + weighted[-1:] if len(weighted) > 1 else weighted
 
 

@@ -26,6 +26,7 @@ The rules, and why:
 
 import dataclasses
 import math
+import types
 
 import numpy as np
 
@@ -108,6 +109,18 @@ def choose(config, split):
         else:
             choices["augment"] = Choice("natural", "colour images: scale 0.5-2, horizontal flips, colour jitter")
     return choices
+
+
+def fine_tune(split, crop_size):
+    """{"loss", "augment"} for a short fine-tune of a trained model at `crop_size` (quantization-aware
+    training): the rules above for a short run. Stronger augmentation than the model was trained with would
+    make the fine-tune chase images it never saw (measured: a U-Net trained on grey MNI152 slices with flips
+    and turns lost 11 points of mIoU in 300 QAT steps under colour jitter and scale, and gained 1 without)."""
+    config = types.SimpleNamespace(model="fine-tune", model_kwargs={}, crop_size=tuple(crop_size), batch_size=None,
+                                   steps=SHORT_RUN["steps"], epochs=None, time_budget=None, learning_rate=0.0,
+                                   loss=None, augment=None, optimizer="adam")
+    choices = choose(config, split)
+    return {field: choices[field].value for field in ("loss", "augment")}
 
 
 def _typical_size(split):

@@ -38,11 +38,19 @@ def convert(model, path, mode, input_size, train=None, settings=None, source=Non
         from kseg import onnx_export
 
         return onnx_export.to_onnx(model, path, input_size, output, common["class_names"], source, origin)
+    learning_rate = settings.qat_learning_rate or modes.QAT_LEARNING_RATE.get(spec.quantization)
     if spec.converter == "aeq":
         from kseg import quantizer
 
+        tuning = None
+        if spec.fine_tune == "qat":
+            from kseg.compression import qat_int4
+
+            model, tuning = qat_int4.int4_aware_training(model, train, input_size, learning_rate=learning_rate,
+                                                         settings=settings, verbose=0)
+        extra = {"training": "qat", "fine_tune": tuning} if tuning else None
         return quantizer.to_litert(model, path, spec.quantization, input_size, train, output, io_dtype, settings,
-                                   common["class_names"], source, origin)
+                                   common["class_names"], source, origin, extra=extra)
     if spec.fine_tune is None:
         return export.to_litert(model, path, spec.quantization, input_size, calibration=train, io_dtype=io_dtype,
                                 **common)
@@ -50,7 +58,7 @@ def convert(model, path, mode, input_size, train=None, settings=None, source=Non
 
     if spec.fine_tune == "qat":
         return compression.qat_to_litert(model, path, train, input_size, steps=settings.qat_steps,
-                                         batch_size=settings.batch_size, learning_rate=settings.qat_learning_rate,
+                                         batch_size=settings.batch_size, learning_rate=learning_rate,
                                          **common)
     return compression.prune_to_litert(model, path, train, input_size, sparsity=settings.sparsity,
                                        mode=spec.quantization, epochs=settings.prune_epochs,

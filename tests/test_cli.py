@@ -205,12 +205,15 @@ def test_demo_quick_writes_the_report(tmp_path):
 @pytest.mark.slow
 def test_export_qat_and_pruned_modes(run_dir, data, tmp_path, capsys):
     assert main(["export", str(run_dir / "best.keras"), "--out", str(tmp_path), "--input-size", "32",
-                 "--modes", "qat_int8", "pruned_float32", "--calibration-data", str(data), "--qat-steps", "2",
-                 "--sparsity", "0.6", "--prune-epochs", "2", "--batch-size", "4"]) == 0
+                 "--modes", "qat_int8", "qat_int4", "pruned_float32", "--calibration-data", str(data),
+                 "--qat-steps", "2", "--sparsity", "0.6", "--prune-epochs", "2", "--batch-size", "4"]) == 0
     assert "sparsity 0.60" in capsys.readouterr().out
     qat = json.loads((tmp_path / "best_qat_int8.tflite.json").read_text())
     assert qat["training"] == "qat" and qat["input"]["dtype"] == "uint8"
     assert not [op for op in qat["ops"] if op.startswith("FLEX") or op == "DELEGATE"]
+    qat4 = json.loads((tmp_path / "best_qat_int4.tflite.json").read_text())
+    assert qat4["training"] == "qat" and qat4["fine_tune"]["steps"] == 2 and qat4["fine_tune"]["batch_size"] == 4
+    assert qat4["quantizer"]["weights"].get("int4", 0) > 0
     pruned = json.loads((tmp_path / "best_pruned_float32.tflite.json").read_text())
     assert abs(pruned["sparsity"] - 0.6) < 0.02 and pruned["gzip_bytes"] < pruned["size_bytes"]
 

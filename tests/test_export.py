@@ -184,11 +184,11 @@ def test_every_mode_is_in_one_table():
     from kseg import modes
 
     assert list(modes.MODES) == ["float32", "float16", "dynamic", "int8", "int16x8", "int4", "mixed", "qat_int8",
-                                 "pruned_float32", "pruned_int8", "onnx"]
+                                 "qat_int4", "pruned_float32", "pruned_int8", "onnx"]
     assert modes.POST_TRAINING == ("float32", "float16", "dynamic", "int8", "int16x8")
-    assert modes.AEQ == ("int4", "mixed")  # kseg.quantizer's (ai-edge-quantizer)
+    assert modes.AEQ == ("int4", "mixed", "qat_int4")  # kseg.quantizer's (ai-edge-quantizer)
     assert [name for name, mode in modes.MODES.items() if mode.needs_data] == [
-        "int8", "int16x8", "int4", "mixed", "qat_int8", "pruned_float32", "pruned_int8"]
+        "int8", "int16x8", "int4", "mixed", "qat_int8", "qat_int4", "pruned_float32", "pruned_int8"]
     with pytest.raises(kseg.KsegError, match="unknown export mode 'int2'; available: float32, "):
         modes.get("int2")
 

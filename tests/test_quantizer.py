@@ -84,7 +84,7 @@ def miou(path, split):
 
 
 def test_the_new_modes_are_in_the_one_table():
-    assert modes.AEQ == ("int4", "mixed")
+    assert modes.AEQ == ("int4", "mixed", "qat_int4")
     assert all(modes.MODES[name].calibrates and modes.MODES[name].format == "litert" for name in modes.AEQ)
     assert not set(modes.AEQ) & set(modes.POST_TRAINING)
     with pytest.raises(kseg.KsegError, match="ai-edge-quantizer's"):
@@ -268,3 +268,98 @@ def test_a_bound_nothing_meets_gives_the_best_tried_and_says_so(model, data, tmp
     search = quantizer.to_litert(model, str(tmp_path / "m.tflite"), "mixed", SIZE, data[0],
                                  settings=settings)["quantizer"]["selection"]
     assert not search["met"] and search["miou"] >= search["int8_miou"] and search["trials"] > 1
+
+
+# ------------------------------------------------------------------------------------------------
+# qat_int4: int4 weights learned in a quantization-aware fine-tune (kseg.compression.qat_int4)
+
+
+def int4_kernel(flatbuffer, layer):
+    """The dequantized int4 kernel of `layer`'s CONV_2D in a LiteRT file, as Keras holds it (H, W, in, out)."""
+    from ai_edge_litert import schema_py_generated as tfl
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
+    graph = model.subgraphs[0]
+    for op in graph.operators:
+        tensor = graph.tensors[op.inputs[1]] if len(op.inputs) > 1 else None
+        if tensor is not None and tensor.type == tfl.TensorType.INT4 and layer in tensor.name.decode():
+            packed = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.uint8)
+            nibbles = np.stack([packed & 0xF, packed >> 4], axis=1).reshape(-1).astype(np.int8)
+            values = np.where(nibbles > 7, nibbles - 16, nibbles)[:np.prod(tensor.shape)].reshape(tensor.shape)
+            scale = np.asarray(tensor.quantization.scale, np.float32).reshape(-1, 1, 1, 1)
+            return np.transpose(values * scale, (1, 2, 3, 0))  # OHWI -> HWIO
+    raise AssertionError(f"no int4 kernel of {layer}")
+
+
+def test_fake_quantize_rounds_each_output_channel_and_passes_gradients_straight_through():
+    import tensorflow as tf
+
+    from kseg.compression.qat_int4 import fake_quantize
+
+    rng = np.random.default_rng(0)
+    kernel = tf.Variable(rng.normal(size=(3, 3, 4, 5)).astype("float32"))
+    upstream = rng.normal(size=(3, 3, 4, 5)).astype("float32")
+    with tf.GradientTape() as tape:
+        rounded = fake_quantize(kernel, bits=4)
+        loss = tf.reduce_sum(rounded * upstream)
+    rounded, values = rounded.numpy(), kernel.numpy()
+    for channel in range(5):
+        steps = rounded[..., channel] / (np.abs(values[..., channel]).max() / 7)
+        assert np.allclose(steps, np.round(steps), atol=1e-4) and np.abs(steps).max() <= 7 + 1e-4
+        assert np.isclose(np.abs(steps).max(), 7)  # the largest weight of each channel is kept exactly
+    assert 0 < np.abs(rounded - values).max() <= np.abs(values).max() / 14 + 1e-6
+    assert np.allclose(tape.gradient(loss, kernel).numpy(), upstream)  # as if there were no rounding
+
+
+def test_rounding_a_kernel_commutes_with_a_per_channel_factor():
+    """Why rounding the kernel before its batch norm is folded equals rounding the folded kernel LiteRT holds."""
+    from kseg.compression.qat_int4 import fake_quantize
+
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(3, 3, 6, 4)).astype("float32")
+    factor = np.array([0.3, -2.0, 17.0, -0.01], np.float32)  # gamma / sqrt(variance + epsilon), any sign
+    folded = keras.ops.convert_to_numpy(fake_quantize(kernel * factor))
+    assert np.allclose(folded, keras.ops.convert_to_numpy(fake_quantize(kernel)) * factor, rtol=1e-5, atol=1e-6)
+
+
+def test_int4_file_holds_the_kernels_the_fine_tune_rounded(model, data, tmp_path):
+    from kseg.compression import qat_int4
+
+    names, others = qat_int4.int4_layers(model, SIZE)
+    assert names == ["mixer"] and others == []  # features and classifier are int4's int8 ends
+    denied = modes.ExportSettings(float_layers=("mixer",))
+    assert qat_int4.int4_layers(model, SIZE, denied) == ([], [])
+    path = str(tmp_path / "int4.tflite")
+    quantizer.to_litert(model, path, "int4", SIZE, data[0], settings=modes.ExportSettings(num_calibration=4))
+    with open(path, "rb") as f:
+        stored = int4_kernel(f.read(), "mixer")
+    kernel = model.get_layer("mixer").kernel
+    assert np.allclose(stored, keras.ops.convert_to_numpy(qat_int4.fake_quantize(kernel)), rtol=1e-5, atol=1e-7)
+
+
+def test_qat_int4_fine_tunes_then_writes_int4(model, data, tmp_path):
+    train, val = data
+    before = [w.copy() for w in model.get_weights()]
+    path = str(tmp_path / "colours_qat_int4.tflite")
+    settings = modes.ExportSettings(num_calibration=8, qat_steps=6, batch_size=4)
+    result = kseg.stage.export_artifact(model, path, "qat_int4", SIZE, train=train, val=val, settings=settings)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the user's model untouched
+    info = result.info
+    assert result.mode == "qat_int4" and info["mode"] == "int4" and info["training"] == "qat"
+    tuning = info["fine_tune"]
+    assert tuning["steps"] == 6 and tuning["batch_size"] == 4 and tuning["simulated_layers"] == ["mixer"]
+    assert tuning["learning_rate"] == modes.QAT_LEARNING_RATE["int4"] and tuning["augment"] == "flip"
+    assert info["quantizer"]["weights"] == {"int8": 2, "int4": 1}
+    with open(path + ".json") as f:
+        assert json.load(f)["fine_tune"] == tuning
+    assert result.miou > 0.8  # six steps at a small rate keep a model that segments
+
+
+def test_fine_tunes_augment_as_a_short_run_on_the_data(data):
+    import dataclasses
+
+    assert kseg.recipe.fine_tune(data[0], SIZE) == {"loss": "ce", "augment": "flip"}  # colour: no jitter or scale
+    stats = kseg.data.DataStats(sizes={SIZE: 32}, class_pixels=np.array([900, 90, 10]), grey=True)
+    grey = dataclasses.replace(data[0], stats=stats)
+    assert kseg.recipe.fine_tune(grey, SIZE) == {"loss": "ce+dice", "augment": "turns"}  # microscopy: turns only

@@ -1,8 +1,9 @@
-"""Compression through tensorflow-model-optimization: the tf_keras bridge, QAT and pruning.
+"""Compression by fine-tuning: int8 QAT and pruning through tensorflow-model-optimization, int4 QAT in Keras 3.
 
 `bridge` rebuilds a Keras 3 model as a tf_keras twin (`twins` holds those of kseg's own layers);
 `qat` and `pruning` fine-tune that twin; `tuning` holds what they share (the fine-tuning loop and
-the LiteRT export of a tf_keras model).
+the LiteRT export of a tf_keras model). `qat_int4` fine-tunes the Keras 3 model itself with its int4
+kernels simulated, for `kseg.quantizer`'s int4 mode.
 """
 
 from kseg.compression import twins  # noqa: F401 - registers the twins of kseg's layers
@@ -16,14 +17,17 @@ from kseg.compression.bridge import (
 )
 from kseg.compression.pruning import prune, prune_to_litert, zero_share
 from kseg.compression.qat import initialise_ranges, qat_to_litert, quantization_aware_training, quantize_twin
+from kseg.compression.qat_int4 import FakeQuantConv2D, int4_aware_training
 from kseg.compression.tuning import MaskedCrossEntropy, export_tf_keras
 
 __all__ = [
+    "FakeQuantConv2D",
     "Keras3Call",
     "MaskedCrossEntropy",
     "OutputQuantizeConfig",
     "export_tf_keras",
     "initialise_ranges",
+    "int4_aware_training",
     "keras3_call_twin",
     "prune",
     "prune_to_litert",

@@ -18,7 +18,7 @@ import tf_keras
 from kseg import export
 from kseg.compression import bridge, tuning
 from kseg.errors import KsegError, first_line
-from kseg.modes import ExportSettings
+from kseg.modes import QAT_LEARNING_RATE, ExportSettings
 
 DEFAULTS = ExportSettings()
 
@@ -106,7 +106,7 @@ def initialise_ranges(qat_model, twin, images):
 
 
 def quantization_aware_training(model, train_split, input_size=None, epochs=1, steps=DEFAULTS.qat_steps,
-                                batch_size=DEFAULTS.batch_size, learning_rate=DEFAULTS.qat_learning_rate, loss=None,
+                                batch_size=DEFAULTS.batch_size, learning_rate=QAT_LEARNING_RATE["int8"], loss=None,
                                 num_calibration=16, freeze_batch_norm=True, callbacks=None, verbose=0,
                                 run_eagerly=False):
     """Fine-tunes a Keras 3 kseg model with fake quantization; returns the QAT tf_keras model.
@@ -136,7 +136,7 @@ def quantization_aware_training(model, train_split, input_size=None, epochs=1, s
 
 
 def qat_to_litert(model, path, train_split, input_size=None, epochs=1, steps=DEFAULTS.qat_steps,
-                  batch_size=DEFAULTS.batch_size, learning_rate=DEFAULTS.qat_learning_rate, output="logits",
+                  batch_size=DEFAULTS.batch_size, learning_rate=QAT_LEARNING_RATE["int8"], output="logits",
                   num_calibration=DEFAULTS.num_calibration, class_names=None, source=None, verbose=0, origin=None,
                   **options):
     """Quantization-aware training, then a full-int8 LiteRT file (uint8 I/O); returns the sidecar dict.

@@ -4,7 +4,7 @@ import tensorflow as tf
 import tf_keras
 
 import kseg.data
-from kseg import export, files
+from kseg import export, files, recipe
 from kseg.data.source import IGNORE_LABEL
 from kseg.errors import KsegError
 from kseg.export import CALIBRATION_IMAGES
@@ -40,14 +40,17 @@ class MaskedCrossEntropy(tf_keras.losses.Loss):
 
 def fit(model, train_split, input_size, epochs, steps, batch_size, learning_rate, loss=None, callbacks=(), verbose=0,
         run_eagerly=False):
-    """Fine-tunes a tf_keras model with Adam on `kseg.data.pipeline(train_split, ..., training=True)`.
+    """Fine-tunes a tf_keras model with Adam on `kseg.data.pipeline(train_split, ..., training=True)`, augmented
+    as `kseg.recipe.fine_tune` says for a short run on this data.
 
     `steps=None`: one pass over the split per epoch; `loss` defaults to `MaskedCrossEntropy()`.
     """
     classes = model.output_shape[-1]
     if classes not in (1, train_split.num_classes):
         raise KsegError(f"{model.name} predicts {classes} classes but the training data has {train_split.num_classes}")
-    batches = kseg.data.pipeline(train_split, batch_size, size=input_size, training=True, repeat=steps is not None)
+    augment = kseg.data.AUGMENTATIONS[recipe.fine_tune(train_split, input_size)["augment"]]
+    batches = kseg.data.pipeline(train_split, batch_size, size=input_size, training=True, repeat=steps is not None,
+                                 **augment)
     model.compile(tf_keras.optimizers.Adam(learning_rate), loss=MaskedCrossEntropy() if loss is None else loss,
                   run_eagerly=run_eagerly)
     model.fit(batches, epochs=epochs, steps_per_epoch=steps, callbacks=list(callbacks or []), verbose=verbose)

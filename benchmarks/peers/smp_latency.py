@@ -1,0 +1,62 @@
+"""segmentation_models_pytorch's DeepLabV3+ MobileNetV2 in eager PyTorch: single-image latency on the CPU.
+
+    /work/venv-smp/bin/python benchmarks/peers/smp_latency.py --size 512 --threads 2 --runs 20
+
+What a PyTorch user deploying SMP would time: `smp.DeepLabV3Plus(encoder_name="mobilenet_v2",
+encoder_weights=None, encoder_output_stride=16, classes=21)` in eval mode under `torch.inference_mode()`,
+`torch.set_num_threads(threads)`, one (1, 3, size, size) float32 image, logits out. Prints one JSON line:
+mean, p50 and min of `runs` calls after `warmup` calls. The venv is the one `benchmarks/peers/smp_unet.py`
+describes (same torchvision workaround).
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+try:
+    import torchvision  # noqa: F401
+except RuntimeError as error:  # CUDA torchvision 0.28.0 on CPU torch: see smp_unet.py
+    if "torchvision::nms" not in str(error):
+        raise
+    for name in [m for m in sys.modules if m.startswith("torchvision")]:
+        del sys.modules[name]
+    _TORCHVISION_LIB = torch.library.Library("torchvision", "DEF")  # must stay alive
+    for op in ("nms", "qnms"):
+        _TORCHVISION_LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+import segmentation_models_pytorch as smp  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--classes", type=int, default=21)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = smp.DeepLabV3Plus(encoder_name="mobilenet_v2", encoder_weights=None, encoder_output_stride=16,
+                              classes=args.classes).eval()
+    image = torch.rand(1, 3, args.size, args.size)
+    times = []
+    with torch.inference_mode():
+        for index in range(args.warmup + args.runs):
+            start = time.perf_counter()
+            logits = model(image)
+            if index >= args.warmup:
+                times.append((time.perf_counter() - start) * 1000)
+    assert tuple(logits.shape) == (1, args.classes, args.size, args.size), logits.shape
+    times = np.asarray(times)
+    print(json.dumps({"mean_ms": float(times.mean()), "p50_ms": float(np.median(times)), "min_ms": float(times.min()),
+                      "runs": args.runs, "threads": args.threads, "size": args.size,
+                      "params": sum(p.numel() for p in model.parameters()),
+                      "versions": {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}}))
+
+
+if __name__ == "__main__":
+    main()
