@@ -55,6 +55,10 @@ from kseg.runtime import LiteRTModel, labels_from_logits
 SIGNATURE = "serving_default"  # AEQ runs a model through a signature; kseg's converter writes none
 SENSITIVITY_IMAGES = 8  # images that rank ops (reference kernels, every tensor kept)
 MAX_TRIALS = 40  # quantize-and-score trials the mixed search may spend
+# An activation calibrated to a near-zero range (an untrained model's deep features: 1e-6 seen) gets a scale
+# so small that a fused ReLU6's 6.0 overflows int32 and LiteRT refuses the file ("no_integer_overflow_from_
+# quantization"); AEQ writes it anyway. A trained model's ranges are 3 orders of magnitude above this floor.
+MIN_RANGE = 1e-3
 INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")  # the ops whose LiteRT kernels take int4 weights next to int8 activations
 _OP = qtyping.TFLOperationName
 _OP_NAMES = {op.value for op in _OP}
@@ -271,10 +275,12 @@ def promotable(op, promote):
 
 def calibrate(target, images, name):
     """AEQ's ranges ({tensor: {"min", "max"}}) for a Quantizer's recipe from the images (float32 (1, H, W, 3)
-    fed to the input tensor `name`), the input's pinned to [0, 255]."""
+    fed to the input tensor `name`), the input's pinned to [0, 255], none narrower than `MIN_RANGE`."""
     with console.quiet(), _no_debug_warning():  # progress bars on fd 2
         ranges = target.calibrate({SIGNATURE: [{name: image} for image in images]}, num_threads=os.cpu_count() or 1)
     ranges[name] = {"min": np.zeros_like(ranges[name]["min"]), "max": np.full_like(ranges[name]["max"], 255.0)}
+    for entry in ranges.values():
+        entry["max"] = np.maximum(entry["max"], entry["min"] + MIN_RANGE)
     return ranges
 
 

@@ -16,6 +16,9 @@ pytestmark = [requires_tensorflow, pytest.mark.slow]  # converts every mode up f
 SIZE = (48, 56)
 NAMES = ["background", "disc", "square"]
 MODES = ("float32", "float16", "dynamic", "int8")
+# Every LiteRT mode's file: qat_int4 writes int4's (a fine-tune of this untrained model would leave one class),
+# qat_int8 and the pruned modes TensorFlow's int8 and float32 (test_qat_and_pruned_files_carry_it_too).
+MEDIAPIPE_MODES = (*MODES, "int4", "mixed")
 # Share of pixels where MediaPipe's category mask must equal kseg's labels. At the model's input size
 # nothing is resized and both take the argmax of the same logits, so only a near-tie that another XNNPACK
 # build rounds the other way could differ: measured 100.000% in every mode (MediaPipe 1.2.3).
@@ -58,6 +61,18 @@ def images(count=3, split="val"):
     """Synthetic shapes as uint8 RGB (H, W, 3), at the model's input size."""
     split = kseg.data.from_synthetic(split, num_images=count, size=SIZE)
     return [np.clip(np.round(x), 0, 255).astype(np.uint8) for x, _ in split.examples.as_numpy_iterator()]
+
+
+def three_class_split(count=8):
+    """Synthetic shapes with the classes past NAMES folded into the background: a Split for mixed, which
+    scores its candidates on masks."""
+    import tensorflow as tf
+
+    pairs = list(kseg.data.from_synthetic("train", num_images=count, size=SIZE).examples.as_numpy_iterator())
+    images = np.stack([image for image, _ in pairs]).astype(np.uint8)
+    masks = np.stack([np.where(mask < len(NAMES), mask, 0) for _, mask in pairs]).astype(np.uint8)
+    return kseg.data.Split(tf.data.Dataset.from_tensor_slices((images, masks)), len(NAMES), NAMES, length=count,
+                           image_size=SIZE, in_memory=True)
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +157,15 @@ def test_binary_models_get_sigmoid_and_bad_names_are_refused(plain, tmp_path):
         metadata.embed((tmp_path / "binary.tflite").read_bytes(), activation="SOFTMAX")
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MEDIAPIPE_MODES)
 def test_mediapipe_image_segmenter_mask_is_kseg_labels(model, mode, tmp_path):
     mediapipe = mediapipe_or_skip()
     from mediapipe.tasks.python import BaseOptions, vision
 
     path = str(tmp_path / f"{mode}.tflite")
-    export.to_litert(model, path, mode, input_size=SIZE, calibration=calibration(), class_names=NAMES)
+    train = three_class_split()
+    settings = kseg.modes.ExportSettings(num_calibration=4)
+    kseg.stage.convert(model, path, mode, SIZE, train=train, settings=settings, class_names=NAMES)
     options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=path),
                                            output_category_mask=True, output_confidence_masks=False)
     kseg_runner = runtime.LiteRTPredictor(path)

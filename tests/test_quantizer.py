@@ -363,3 +363,20 @@ def test_fine_tunes_augment_as_a_short_run_on_the_data(data):
     stats = kseg.data.DataStats(sizes={SIZE: 32}, class_pixels=np.array([900, 90, 10]), grey=True)
     grey = dataclasses.replace(data[0], stats=stats)
     assert kseg.recipe.fine_tune(grey, SIZE) == {"loss": "ce+dice", "augment": "turns"}  # microscopy: turns only
+
+
+def test_near_zero_activations_still_give_a_file_litert_loads(tmp_path):
+    """A near-zero range (an untrained model's deep features: 1e-6 seen) under a fused ReLU6: LiteRT refuses a
+    scale at which 6.0 overflows int32 ("no_integer_overflow_from_quantization")."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1e-10)(inputs)  # activations of at most 2.6e-8
+    x = keras.layers.Conv2D(4, 1, name="first")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu6", name="next")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1, name="classifier")(x))
+    images = [np.random.default_rng(i).uniform(0, 255, (1, *SIZE, 3)).astype("float32") for i in range(4)]
+    path = str(tmp_path / "tiny_ranges.tflite")
+    info = quantizer.to_litert(model, path, "int4", SIZE, images, settings=modes.ExportSettings(num_calibration=4))
+    assert info["quantizer"]["weights"] == {"int8": 2, "int4": 1}
+    scores = runtime.LiteRTModel(path).run(images[0][0])
+    assert scores.shape == (*SIZE, 3)
