@@ -1,31 +1,32 @@
-"""QAT that earns its place? Post-training full int8 against quantization-aware training (issue 10, part 4).
+"""Where post-training quantization loses points, does kseg's quantization-aware training win them back?
+(issue 10, part 4)
 
-    python benchmarks/qat_recovery.py                       # ~4 min on 2 cores (two seeds)
-    python benchmarks/qat_recovery.py --lever-steps 400 --lever-lr 1e-4
+    python benchmarks/qat_recovery.py                         # 4 datasets: ~35 min on 2 cores (train included)
+    python benchmarks/qat_recovery.py --datasets mni152_tissue --budget 120
+    python benchmarks/qat_recovery.py --datasets synthetic --models deeplabv3plus hrnet
 
-A small plain convolution stack (Rescaling, 3x3 convolution, 2x2 max pooling, two 3x3 convolutions
-"features" and "mixer" (dilation 2), bilinear 2x upsampling, 1x1 classifier: standard Keras layers, so
-kseg's tf_keras bridge and tfmot take it) is trained briefly on kseg's synthetic shapes, once per seed.
-Versions of it are exported through `kseg.stage.export_artifact` in float32, int8 and qat_int8 and
-evaluated on the synthetic val split:
+For each dataset (the embedded synthetic shapes and the real folders of benchmarks/learning.py, prepared
+the same way), `kseg train --data DIR --time-budget B` trains kseg's default model (a run folder under
+--work that exists already is reused), then `kseg.stage.export_artifact` writes and scores, on the val
+split, each with kseg's defaults (`kseg.modes.ExportSettings()`):
 
-(a) "normal": the trained model as it is. Full int8 is expected to cost little: QAT has little to win.
-(b) "outlier xF": the same function with the busiest channel of the layer "features" scaled by F and
-    the matching input channel of "mixer" divided by F (F = 1000, 100, 30 by default). ReLU commutes
-    with a positive scale, so float32 is unchanged up to rounding; the per-tensor int8 scale of that
-    activation is set by the one large channel and the others round to a few levels, so post-training
-    int8 loses mIoU.
+- float32; post-training int8 and int4 (ai-edge-quantizer: int4 weights, int8 activations);
+- qat_int8 (tfmot through the tf_keras bridge, one pass at 1e-5) and qat_int4 (a Keras 3 fine-tune with the
+  int4 kernels rounded in the forward pass, at least 300 steps at 1e-4, then int4);
+- a control: the same fine-tune as qat_int4 with nothing rounded, then float32 and post-training int4.
+  A short budget leaves a model that more training improves, so "QAT beats post-training" could be only
+  "more training"; the control separates the two.
 
-QAT runs with kseg's defaults (ExportSettings: one pass over the training split, learning rate 1e-5)
-and, as the one lever, with more steps and a larger learning rate (--lever-steps, --lever-lr).
-"Recovered" is (qat - int8) / (float32 - int8): the share of the int8 loss that QAT wins back.
-Writes benchmarks/results/qat_recovery.{json,md}.
+"Recovered" is (qat - ptq) / (float32 - ptq), the share of the post-training loss QAT wins back, against the
+trained model and, stricter, against the control (its float32 and its int4). Writes
+benchmarks/results/qat_recovery.{json,md}.
 """
 
 import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,170 +36,141 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+DATASETS = ["synthetic", "mni152_tissue", "dsb2018_nuclei", "cells3d_nuclei"]
+MODES = ["float32", "int8", "qat_int8", "int4", "qat_int4"]
+PAIRS = [("int8", "qat_int8"), ("int4", "qat_int4")]
+MEANINGFUL = 1.0  # points: a smaller post-training loss is within run-to-run noise, nothing to recover
 
 
-def build(num_classes, width):
-    import keras
-
-    inputs = keras.Input((None, None, 3), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
-    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name="stem")(x)
-    x = keras.layers.MaxPooling2D(name="pool")(x)
-    x = keras.layers.Conv2D(2 * width, 3, padding="same", activation="relu", name="features")(x)
-    x = keras.layers.Conv2D(2 * width, 3, padding="same", dilation_rate=2, activation="relu", name="mixer")(x)
-    x = keras.layers.UpSampling2D(interpolation="bilinear", name="upsample")(x)
-    outputs = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
-    return keras.Model(inputs, outputs, name="plain")
+def train(folder, run, budget, seed, model):
+    if os.path.exists(os.path.join(run, "best.keras")):
+        return "reused"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, "-m", "kseg.cli", "train", "--data", folder, "--time-budget", str(budget),
+                    "--out", run, "--seed", str(seed), "--verbose", "0", *(["--model", model] if model else [])],
+                   check=True, env=env, capture_output=True)
+    return f"trained {budget:g} s"
 
 
-def make_outlier(model, train, factor=1000.0):
-    """`model` with the busiest channel of "features" scaled by `factor` and "mixer"'s weights from it divided."""
-    import keras
-    import numpy as np
-
-    twin = keras.models.clone_model(model)
-    twin.set_weights(model.get_weights())
-    x = np.stack([image for image, _ in train.examples.take(8).as_numpy_iterator()]).astype("float32")
-    features = keras.ops.convert_to_numpy(keras.Model(twin.input, twin.get_layer("features").output)(x))
-    channel = int(np.argmax(features.mean((0, 1, 2))))
-    kernel, bias = twin.get_layer("features").get_weights()
-    kernel[..., channel] *= factor
-    bias[channel] *= factor
-    twin.get_layer("features").set_weights([kernel, bias])
-    kernel, bias = twin.get_layer("mixer").get_weights()
-    kernel[:, :, channel, :] /= factor
-    twin.get_layer("mixer").set_weights([kernel, bias])
-    a = keras.ops.convert_to_numpy(model(x))
-    b = keras.ops.convert_to_numpy(twin(x))
-    return twin, channel, float(np.abs(a - b).max()), float(np.abs(a).max())
+def recovered(reference, ptq, qat):
+    loss = reference - ptq
+    return None if loss < MEANINGFUL else (qat - ptq) / loss
 
 
-def share(f, q, t):
-    loss = f - q
-    return None if loss <= 0 else (t - q) / loss
+def measure(name, folder, run, tmp):
+    import kseg
+    from kseg import provenance, runtime, stage
+    from kseg.compression import int4_aware_training
+
+    checkpoint = os.path.join(run, "best.keras")
+    model = runtime.load_keras(checkpoint)
+    size = stage.input_size_of(model, None, provenance.of_checkpoint(checkpoint, model))
+    train_split, val = kseg.data.load(folder, "train"), kseg.data.load(folder, "val")
+    row = {"dataset": name, "model": model.name, "input_size": list(size), "params": model.count_params(),
+           "scores": {}, "seconds": {}}
+    for mode in MODES:
+        started = time.time()
+        result = stage.export_artifact(model, os.path.join(tmp, f"{name}_{mode}.tflite"), mode, size, train_split,
+                                       val)
+        row["scores"][mode] = 100 * result.miou
+        row["seconds"][mode] = round(time.time() - started, 1)
+        if mode == "qat_int4":
+            row["fine_tune"] = result.info["fine_tune"]
+        print(f"  {name} {mode}: {row['scores'][mode]:.2f} mIoU ({row['seconds'][mode]:.0f} s)", flush=True)
+    control, _ = int4_aware_training(model, train_split, size, layers=())  # the same fine-tune, nothing rounded
+    for mode in ("float32", "int4"):
+        result = stage.export_artifact(control, os.path.join(tmp, f"{name}_control_{mode}.tflite"), mode, size,
+                                       train_split, val)
+        row["scores"][f"control_{mode}"] = 100 * result.miou
+        print(f"  {name} control {mode}: {row['scores'][f'control_{mode}']:.2f}", flush=True)
+    s = row["scores"]
+    row["recovered"] = {qat: recovered(s["float32"], s[ptq], s[qat]) for ptq, qat in PAIRS}
+    row["recovered_vs_control"] = recovered(s["control_float32"], s["control_int4"], s["qat_int4"])
+    return row
+
+
+def fmt_share(value):
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def report(rows, args, wall):
+    lines = ["# QAT recovery: post-training quantization against quantization-aware training", "",
+             f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores. Each model: "
+             f"`kseg train --data DIR --time-budget {args.budget:g}` (kseg's defaults: a U-Net; or --model), then "
+             "every mode with kseg's default export settings; val mIoU of the LiteRT files (kseg.evaluation). int4: "
+             "ai-edge-quantizer, int4 convolution weights except the first and last, int8 activations.", "",
+             "| dataset, model | float32 | int8 | qat_int8 | int8 loss recovered | int4 | qat_int4 "
+             "| int4 loss recovered | control fine-tune: float32 / int4 | recovered vs control |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        s = row["scores"]
+        lines.append(
+            f"| {row['dataset']}, {row['model']} | {s['float32']:.2f} | {s['int8']:.2f} | {s['qat_int8']:.2f} | "
+            f"{fmt_share(row['recovered']['qat_int8'])} | {s['int4']:.2f} | {s['qat_int4']:.2f} | "
+            f"{fmt_share(row['recovered']['qat_int4'])} | {s['control_float32']:.2f} / {s['control_int4']:.2f} | "
+            f"{fmt_share(row['recovered_vs_control'])} |")
+    lines += ["", f"Recovered: (qat - post-training) / (float32 - post-training), shown where post-training lost at "
+              f"least {MEANINGFUL:g} point (\"-\": less, within run-to-run noise). Against the control: the "
+              "control's float32 and int4 in place of the trained model's (the same fine-tune as qat_int4, nothing "
+              "rounded).", ""]
+    for row in rows:
+        tune = row.get("fine_tune", {})
+        lines.append(f"- {row['dataset']}, {row['model']}: ({row['params'] / 1e6:.2f} M parameters) at "
+                     f"{row['input_size'][0]}x{row['input_size'][1]}, {row['trained']}; qat_int4 fine-tune "
+                     f"{tune.get('steps')} steps, batch {tune.get('batch_size')}, lr {tune.get('learning_rate')}, "
+                     f"loss {tune.get('loss')}, augmentation {tune.get('augment')}, "
+                     f"{len(tune.get('simulated_layers', []))} convolutions rounded; export seconds "
+                     + ", ".join(f"{mode} {sec:g}" for mode, sec in row["seconds"].items()))
+    lines += ["", f"`python benchmarks/qat_recovery.py` ({wall / 60:.0f} min in all)."]
+    return "\n".join(lines) + "\n"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--train-images", type=int, default=480)
-    parser.add_argument("--val-images", type=int, default=48)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--num-calibration", type=int, default=32)
-    parser.add_argument("--factors", type=float, nargs="+", default=[1000.0, 100.0, 30.0],
-                        help="outlier scales of the 'features' channel (one outlier model each)")
-    parser.add_argument("--lever-steps", type=int, default=300)
-    parser.add_argument("--lever-lr", type=float, default=1e-4)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
-                        help="one trained model per seed (the seed also seeds each export)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=DATASETS)
+    parser.add_argument("--budget", type=float, default=120, help="training seconds per dataset")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", nargs="+", default=["auto"],
+                        help="architectures to train (kseg train --model); auto: kseg's choice")
+    parser.add_argument("--work", default="/tmp/kseg-qat", help="data and run folders (reused when present)")
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of --out's qat_recovery.json for other datasets and models")
     args = parser.parse_args()
 
-    import keras
-    import numpy as np
-    import tensorflow as tf
+    from learning import prepare
 
-    import kseg
-    from kseg import modes, stage
-
-    started = time.perf_counter()
-    size = (args.size, args.size)
-    train = kseg.data.load("synthetic", "train", num_images=args.train_images, size=size)
-    val = kseg.data.load("synthetic", "val", num_images=args.val_images, size=size)
-    masks = np.stack([mask for _, mask in val.examples.as_numpy_iterator()])
-    background_only = 100 * kseg.metrics.scores(
-        kseg.metrics.confusion_matrix(masks, np.zeros_like(masks), val.num_classes))["miou"]
-    rows, outliers, train_seconds = [], {}, {}
-
-    for seed in args.seeds:
-        t_train = time.perf_counter()
-        keras.utils.set_random_seed(seed)
-        model = build(train.num_classes, args.width)
-        model.compile(keras.optimizers.Adam(3e-3), loss=kseg.losses.CrossEntropy())
-        model.fit(kseg.data.pipeline(train, 16, size=size, training=True), epochs=args.epochs, verbose=0)
-        train_seconds_seed = time.perf_counter() - t_train
-        print(f"seed {seed}: trained {args.epochs} epochs in {train_seconds_seed:.0f} s", flush=True)
-        variants = [("normal", model)]
-        for factor in args.factors:
-            twin, channel, max_diff, max_logit = make_outlier(model, train, factor)
-            outliers[f"seed {seed}, x{factor:g}"] = {"channel": channel, "float_max_diff": max_diff,
-                                                     "max_logit": max_logit}
-            variants.append((f"outlier x{factor:g}", twin))
-            print(f"outlier x{factor:g}: channel {channel} of 'features', float logits differ by {max_diff:.2e} "
-                  f"(max |logit| {max_logit:.1f})", flush=True)
-
-        default = modes.ExportSettings(num_calibration=args.num_calibration)
-        lever = modes.ExportSettings(num_calibration=args.num_calibration, qat_steps=args.lever_steps,
-                                     qat_learning_rate=args.lever_lr)
-        default_steps = -(-args.train_images // default.batch_size)
-        qat_runs = [("qat_int8", default,
-                     f"defaults: {default_steps} steps (one pass), lr {default.qat_learning_rate:g}"),
-                    ("qat_int8 (lever)", lever, f"{args.lever_steps} steps, lr {args.lever_lr:g}")]
-
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, net in variants:
-                scores, seconds = {}, {}
-                for label, mode, settings in [("float32", "float32", default), ("int8", "int8", default)] + \
-                                             [(label, "qat_int8", s) for label, s, _ in qat_runs]:
-                    path = os.path.join(tmp, f"{name}_{label.replace(' ', '_').strip('()')}.tflite")
-                    keras.utils.set_random_seed(seed)
-                    tf.random.set_seed(seed)
-                    t0 = time.perf_counter()
-                    result = stage.export_artifact(net, path, mode, size, train=train, val=val, settings=settings)
-                    seconds[label] = time.perf_counter() - t0
-                    scores[label] = 100 * result.miou
-                    print(f"  {name:14s} {label:17s} mIoU {scores[label]:6.2f}  ({seconds[label]:.0f} s)",
-                          flush=True)
-                f, q = scores["float32"], scores["int8"]
-                for label, _, how in qat_runs:
-                    t = scores[label]
-                    rows.append({"seed": seed, "model": name, "qat": label, "qat_settings": how, "float32": f,
-                                 "int8": q, "int8_drop": f - q, "qat_int8": t, "qat_drop": f - t,
-                                 "recovered": share(f, q, t),
-                                 "seconds": {k: seconds[k] for k in ("float32", "int8", label)}})
-
-        train_seconds[seed] = train_seconds_seed
-
-    def pct(row):
-        if row["recovered"] is None:
-            return "n/a (int8 lost nothing)"
-        value = f"{100 * row['recovered']:.0f}%"
-        if row["qat_int8"] < background_only + 0.5:
-            value += " (QAT file predicts about background only)"
-        return f"({value}: int8 lost under 1 point, noise)" if row["int8_drop"] < 1 else value
-
-    lines = ["# QAT recovery: post-training int8 against quantization-aware training", "",
-             f"Synthetic shapes {args.size}x{args.size}, {args.train_images} train / {args.val_images} val images; a "
-             f"plain 4-convolution net ({args.width}/{2 * args.width} channels, one 2x pooling) trained "
-             f"{args.epochs} epochs (one model per seed: {', '.join(map(str, args.seeds))}); int8 calibrated on "
-             f"{args.num_calibration} training images. mIoU on the val split (LiteRT files, kseg.evaluation). "
-             f"Outlier xF: the busiest channel of 'features' times F, 'mixer' divided by F on it (float32 logits "
-             f"differ by at most {max(o['float_max_diff'] for o in outliers.values()):.1e}). Predicting background "
-             f"everywhere scores {background_only:.2f} mIoU here.", "",
-             "| seed | model | QAT run | float32 mIoU | int8 mIoU (drop) | qat_int8 mIoU (drop) "
-             "| int8 loss recovered |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['seed']} | {r['model']} | {r['qat_settings']} | {r['float32']:.2f} | {r['int8']:.2f} "
-                     f"({r['int8_drop']:+.2f}) | {r['qat_int8']:.2f} ({r['qat_drop']:+.2f}) | {pct(r)} |")
-    lost = [r for r in rows if r["int8_drop"] >= 1]
-    half = [r for r in lost if r["recovered"] >= 0.5]
-    lines += ["", "Drops are float32 minus the mode (points); recovered = (qat - int8) / (float32 - int8).", "",
-              f"Where post-training int8 lost at least one point ({len(lost)} QAT runs), QAT recovered at least half "
-              f"of it in {len(half)}" + (": " + "; ".join(f"seed {r['seed']} {r['model']}, {r['qat_settings']}"
-                                                           for r in half) if half else "") + ".", "",
-              f"`python benchmarks/qat_recovery.py` ({platform.machine()}, {os.cpu_count()} cores, "
-              f"{time.perf_counter() - started:.0f} s in all)."]
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
+    started = time.time()
+    rows = []
+    for name in args.datasets:
+        folder, why = prepare(name, args.work)
+        if folder is None:
+            print(f"{name}: skipped ({why})", flush=True)
+            continue
+        for model in args.models:
+            run = os.path.join(args.work, "runs", name if model == "auto" else f"{name}-{model}")
+            trained = train(folder, run, args.budget, args.seed, None if model == "auto" else model)
+            print(f"{name} ({model}): {trained}", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                row = measure(name, folder, run, tmp)
+            row["trained"] = trained
+            rows.append(row)
+    wall = time.time() - started
     os.makedirs(args.out, exist_ok=True)
+    previous = os.path.join(args.out, "qat_recovery.json")
+    if args.append and os.path.exists(previous):
+        with open(previous) as f:
+            kept = json.load(f)
+        done = {(row["dataset"], row["model"]) for row in rows}
+        rows = [row for row in kept["rows"] if (row["dataset"], row["model"]) not in done] + rows
+        wall += kept["wall_s"]
     with open(os.path.join(args.out, "qat_recovery.json"), "w") as f:
-        json.dump({"args": vars(args), "outliers": outliers, "int8_lost_1_point": len(lost),
-                   "qat_recovered_half": len(half), "background_only_miou": background_only,
-                   "train_seconds": train_seconds, "rows": rows}, f, indent=2)
+        json.dump({"budget": args.budget, "seed": args.seed, "rows": rows, "wall_s": round(wall, 1)}, f, indent=2)
+    text = report(rows, args, wall)
     with open(os.path.join(args.out, "qat_recovery.md"), "w") as f:
         f.write(text)
+    print(text)
 
 
 if __name__ == "__main__":

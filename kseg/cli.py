@@ -25,9 +25,11 @@ def _add_fine_tuning_args(c):
     c.add_argument("--num-calibration", type=int, default=defaults.num_calibration,
                    help="images that calibrate int8 ranges")
     c.add_argument("--qat-steps", type=int, default=defaults.qat_steps,
-                   help="quantization-aware training steps (default: one epoch)")
+                   help="quantization-aware training steps (default: one epoch; qat_int4 at least "
+                        f"{modes.QAT_INT4_MIN_STEPS})")
     c.add_argument("--qat-lr", type=float, default=defaults.qat_learning_rate,
-                   help="QAT learning rate: small, so the model adapts to quantization without drifting")
+                   help="QAT learning rate (default: " + ", ".join(
+                       f"qat_{target} {rate:g}" for target, rate in modes.QAT_LEARNING_RATE.items()) + ")")
     c.add_argument("--sparsity", type=float, default=defaults.sparsity, help="pruned_* modes: share of zero weights")
     c.add_argument("--prune-epochs", type=int, default=defaults.prune_epochs)
     c.add_argument("--batch-size", type=int, default=defaults.batch_size, help="QAT and pruning batch size")

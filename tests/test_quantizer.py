@@ -212,7 +212,7 @@ def test_cli_denylist_needs_an_ai_edge_quantizer_mode(checkpoint, folder, tmp_pa
     assert main(["export", checkpoint, "--out", str(tmp_path), "--modes", "int8", "--float-ops", "ADD",
                  "--calibration-data", str(folder), "--input-size", "48x56"]) == 2
     error = capsys.readouterr().err
-    assert "--float-ops and --float-layers apply to the ai-edge-quantizer modes (int4, mixed)" in error
+    assert "--float-ops and --float-layers apply to the ai-edge-quantizer modes (int4, mixed, qat_int4)" in error
 
 
 def test_quantize_study_draws_the_pareto_fronts(checkpoint, folder, tmp_path):

@@ -97,7 +97,7 @@ def with_fake_quantization(model, layer_names, bits=4):
 
 
 def int4_aware_training(model, train_split, input_size, steps=None, learning_rate=None, batch_size=None,
-                        settings=None, verbose=0):
+                        settings=None, layers=None, verbose=0):
     """Fine-tunes `model` with its int4 kernels simulated; returns `(tuned, record)`: a model of the same
     architecture (plain Conv2D layers) whose weights export to int4 with little loss, and what the fine-tune
     did (steps, learning rate, batch size, loss, augmentation, simulated layers, last loss). `model` is not
@@ -105,7 +105,8 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
 
     Loss and augmentation are those `kseg.recipe` picks for a short run on `train_split` (`recipe.fine_tune`);
     batch size: default `settings.batch_size`; batch norm runs on its moving statistics (small fine-tuning
-    batches would move a trained model's).
+    batches would move a trained model's). `layers`: the Conv2D layers to round (default `int4_layers`: those
+    the int4 recipe makes int4; `()` fine-tunes the same way without rounding, a control).
     `steps`: default `settings.qat_steps`, or one pass over the split and at least `QAT_INT4_MIN_STEPS`;
     learning rate: default `QAT_LEARNING_RATE["int4"]` (Adam, constant).
     """
@@ -115,7 +116,7 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
     if classes not in (1, train_split.num_classes):
         raise KsegError(f"{model.name} predicts {classes} classes but the training data has "
                         f"{train_split.num_classes}")
-    names, _ = int4_layers(model, input_size, settings)
+    names = int4_layers(model, input_size, settings)[0] if layers is None else list(layers)
     twin = with_fake_quantization(model, names)
     for layer in twin.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -131,7 +132,7 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
                        **AUGMENTATIONS[plan["augment"]])
     learning_rate = learning_rate or modes.QAT_LEARNING_RATE["int4"]
     twin.compile(keras.optimizers.Adam(learning_rate), loss=losses.get(plan["loss"]))
-    history = twin.fit(batches, steps_per_epoch=int(steps), epochs=1, verbose=verbose)
+    history = twin.fit(batches, steps_per_epoch=int(steps), epochs=1, shuffle=False, verbose=verbose)
     tuned = keras.models.clone_model(model)
     tuned.set_weights(twin.get_weights())
     return tuned, {"steps": int(steps), "learning_rate": learning_rate, "batch_size": int(batch_size),
