@@ -28,6 +28,7 @@ from kseg import losses, modes, quantizer, recipe
 from kseg.data import pipeline
 from kseg.data.pipeline import AUGMENTATIONS
 from kseg.errors import KsegError
+from kseg.training import TrainConfig
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -108,7 +109,9 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
     batches would move a trained model's). `layers`: the Conv2D layers to round (default `int4_layers`: those
     the int4 recipe makes int4; `()` fine-tunes the same way without rounding, a control).
     `steps`: default `settings.qat_steps`, or one pass over the split and at least `QAT_INT4_MIN_STEPS`;
-    learning rate: default `QAT_LEARNING_RATE["int4"]` (Adam, constant).
+    learning rate: default `QAT_LEARNING_RATE["int4"]`, Adam, decayed to 0 as `kseg train` decays it (a
+    constant rate leaves the model at a noisy point: DSB2018 U-Net, post-training int4 94.07 mIoU, QAT 93.74
+    at a constant rate, 94.05 decayed).
     """
     settings = settings or modes.ExportSettings()
     input_size = tuple(int(s) for s in input_size)
@@ -131,7 +134,8 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
     batches = pipeline(train_split, batch_size, size=input_size, training=True, repeat=True,
                        **AUGMENTATIONS[plan["augment"]])
     learning_rate = learning_rate or modes.QAT_LEARNING_RATE["int4"]
-    twin.compile(keras.optimizers.Adam(learning_rate), loss=losses.get(plan["loss"]))
+    decay = keras.optimizers.schedules.PolynomialDecay(learning_rate, int(steps), 0.0, TrainConfig.poly_power)
+    twin.compile(keras.optimizers.Adam(decay), loss=losses.get(plan["loss"]))
     history = twin.fit(batches, steps_per_epoch=int(steps), epochs=1, shuffle=False, verbose=verbose)
     tuned = keras.models.clone_model(model)
     tuned.set_weights(twin.get_weights())
