@@ -15,7 +15,7 @@ import pytest
 from conftest import requires_tensorflow
 
 import kseg
-from kseg import modes, quantizer, runtime
+from kseg import litert_graph, modes, quantizer, runtime
 
 pytestmark = requires_tensorflow
 SIZE = (48, 56)
@@ -144,7 +144,7 @@ def test_denylisted_ops_and_layers_stay_float_in_the_file(model, data, tmp_path)
     settings = modes.ExportSettings(num_calibration=8, float_ops=("ADD",), float_layers=("classifier",))
     info = quantizer.to_litert(model, path, "int4", SIZE, data[0], settings=settings)
     with open(path, "rb") as f:
-        in_float = quantizer.float_ops_of(f.read())  # read from the file: ops whose outputs are float32
+        in_float = litert_graph.float_ops_of(f.read())  # read from the file: ops whose outputs are float32
     assert sorted(op.name for op in in_float) == ["ADD", "CONV_2D"]
     assert [op.describe(model)["layer"] for op in in_float if op.name == "CONV_2D"] == ["classifier"]
     assert info["quantizer"]["in_float"] == [op.describe(model) for op in in_float]

@@ -14,8 +14,8 @@ LAYERS = (
      "kseg.report", "kseg.complexity"),
     ("kseg.models", "kseg.data", "kseg.losses", "kseg.metrics"),
     ("kseg.training", "kseg.distribute", "kseg.recipe", "kseg.runtime", "kseg.litert_profile"),
-    ("kseg.evaluation", "kseg.export", "kseg.metadata", "kseg.onnx_export", "kseg.bench"),
-    ("kseg.compression", "kseg.quantizer"),
+    ("kseg.evaluation", "kseg.export", "kseg.metadata", "kseg.onnx_export", "kseg.bench", "kseg.litert_graph"),
+    ("kseg.compression", "kseg.quantizer", "kseg.mixed_precision"),
     ("kseg.stage", "kseg.study"),
     ("kseg.demo", "kseg.cli", "kseg.commands", "kseg.__main__"),
 )

@@ -24,7 +24,7 @@ or in one step, `kseg export run/best.keras --modes qat_int4`.
 import keras
 from keras import ops
 
-from kseg import losses, modes, quantizer, recipe
+from kseg import litert_graph, losses, modes, quantizer, recipe
 from kseg.data import pipeline
 from kseg.data.pipeline import AUGMENTATIONS
 from kseg.errors import KsegError
@@ -70,8 +70,8 @@ def int4_layers(model, input_size, settings=None):
     their weights are rounded after the fine-tune only, as in post-training int4.
     """
     settings = settings or modes.ExportSettings()
-    graph = quantizer.ops(quantizer.float_flatbuffer(model, input_size))
-    denylist = quantizer.Denylist.of(settings, graph)
+    graph = litert_graph.ops(quantizer.float_flatbuffer(model, input_size))
+    denylist = litert_graph.Denylist.of(settings, graph)
     kept = {op.index for op in quantizer.int8_ends(graph)}
     convs = {layer.name for layer in model.layers if type(layer) is keras.layers.Conv2D}
     names, others = [], []
