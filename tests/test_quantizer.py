@@ -380,3 +380,18 @@ def test_near_zero_activations_still_give_a_file_litert_loads(tmp_path):
     assert info["quantizer"]["weights"] == {"int8": 2, "int4": 1}
     scores = runtime.LiteRTModel(path).run(images[0][0])
     assert scores.shape == (*SIZE, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", kseg.models.names())
+def test_qat_int4_simulates_every_int4_kernel_of_every_architecture(name, tmp_path):
+    split = kseg.data.from_synthetic("train", num_images=4, size=(48, 48))
+    keras.utils.set_random_seed(0)
+    model = kseg.models.get(name, split.num_classes, tiny=True)
+    from kseg.compression import qat_int4
+
+    assert qat_int4.int4_layers(model, (48, 48))[1] == []  # no int4 weight outside a plain Conv2D
+    result = kseg.stage.export_artifact(model, str(tmp_path / f"{name}.tflite"), "qat_int4", (48, 48), train=split,
+                                        settings=modes.ExportSettings(num_calibration=2, qat_steps=1, batch_size=2))
+    assert len(result.info["fine_tune"]["simulated_layers"]) == result.info["quantizer"]["weights"]["int4"]
+    assert runtime.LiteRTModel(result.path).run(np.zeros((48, 48, 3), np.float32)).shape == (48, 48, split.num_classes)
