@@ -116,7 +116,7 @@ def report(rows, args, wall):
               "rounded).", ""]
     for row in rows:
         tune = row.get("fine_tune", {})
-        lines.append(f"- {row['dataset']}, {row['model']}: ({row['params'] / 1e6:.2f} M parameters) at "
+        lines.append(f"- {row['dataset']}, {row['model']}: {row['params'] / 1e6:.2f} M parameters at "
                      f"{row['input_size'][0]}x{row['input_size'][1]}, {row['trained']}; qat_int4 fine-tune "
                      f"{tune.get('steps')} steps, batch {tune.get('batch_size')}, lr {tune.get('learning_rate')}, "
                      f"loss {tune.get('loss')}, augmentation {tune.get('augment')}, "
