@@ -349,6 +349,7 @@ def test_qat_int4_fine_tunes_then_writes_int4(model, data, tmp_path):
     assert result.mode == "qat_int4" and info["mode"] == "int4" and info["training"] == "qat"
     tuning = info["fine_tune"]
     assert tuning["steps"] == 6 and tuning["batch_size"] == 4 and tuning["simulated_layers"] == ["mixer"]
+    assert tuning["unsimulated_int4_layers"] == []
     assert tuning["learning_rate"] == modes.QAT_LEARNING_RATE["int4"] and tuning["augment"] == "flip"
     assert info["quantizer"]["weights"] == {"int8": 2, "int4": 1}
     with open(path + ".json") as f:

@@ -101,8 +101,8 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
                         settings=None, layers=None, verbose=0):
     """Fine-tunes `model` with its int4 kernels simulated; returns `(tuned, record)`: a model of the same
     architecture (plain Conv2D layers) whose weights export to int4 with little loss, and what the fine-tune
-    did (steps, learning rate, batch size, loss, augmentation, simulated layers, last loss). `model` is not
-    changed.
+    did (steps, learning rate, batch size, loss, augmentation, the layers rounded and the int4 layers that
+    could not be, last loss). `model` is not changed.
 
     Loss and augmentation are those `kseg.recipe` picks for a short run on `train_split` (`recipe.fine_tune`);
     batch size: default `settings.batch_size`; batch norm runs on its moving statistics (small fine-tuning
@@ -119,7 +119,7 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
     if classes not in (1, train_split.num_classes):
         raise KsegError(f"{model.name} predicts {classes} classes but the training data has "
                         f"{train_split.num_classes}")
-    names = int4_layers(model, input_size, settings)[0] if layers is None else list(layers)
+    names, others = int4_layers(model, input_size, settings) if layers is None else (list(layers), [])
     twin = with_fake_quantization(model, names)
     for layer in twin.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -141,4 +141,5 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
     tuned.set_weights(twin.get_weights())
     return tuned, {"steps": int(steps), "learning_rate": learning_rate, "batch_size": int(batch_size),
                    "loss": plan["loss"], "augment": plan["augment"], "simulated_layers": names,
+                   "unsimulated_int4_layers": others,
                    "final_loss": round(float(history.history["loss"][-1]), 5)}
