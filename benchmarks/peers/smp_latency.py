@@ -7,28 +7,16 @@ encoder_weights=None, encoder_output_stride=16, classes=21)` in eval mode under 
 `torch.set_num_threads(threads)`, one (1, 3, size, size) float32 image, logits out; then the same with the
 argmax over classes (a label map, what an app draws). Prints one JSON line: mean, p50 and min of `runs`
 calls after `warmup` calls, for logits and ("labels_*") for labels. The venv is the one `benchmarks/peers/smp_unet.py`
-describes (same torchvision workaround).
+describes (same torchvision workaround: smp_import.py).
 """
 
 import argparse
 import json
-import sys
 import time
 
 import numpy as np
 import torch
-
-try:
-    import torchvision  # noqa: F401
-except RuntimeError as error:  # CUDA torchvision 0.28.0 on CPU torch: see smp_unet.py
-    if "torchvision::nms" not in str(error):
-        raise
-    for name in [m for m in sys.modules if m.startswith("torchvision")]:
-        del sys.modules[name]
-    _TORCHVISION_LIB = torch.library.Library("torchvision", "DEF")  # must stay alive
-    for op in ("nms", "qnms"):
-        _TORCHVISION_LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-import segmentation_models_pytorch as smp  # noqa: E402
+from smp_import import smp  # noqa: E402  (segmentation_models_pytorch, with the torchvision workaround)
 
 
 def main():

@@ -11,8 +11,8 @@ Its own venv (not kseg's; this is a benchmark peer, not a dependency), set up as
     # resolved here to torch 2.13.0+cpu, segmentation_models_pytorch 0.6.0, timm 1.0.31, torchvision 0.28.0
 
 The only torchvision wheel that resolves (0.28.0) fails to import on CPU torch ("operator torchvision::nms does not
-exist"); the workaround below (from FACTS.md) defines the missing operator schemas so the pure-Python model code
-imports. No torchvision operator runs.
+exist"); the workaround in smp_import.py (from FACTS.md) defines the missing operator schemas so the pure-Python
+model code imports. No torchvision operator runs.
 
 DIR holds train/{images,masks} and val/{images,masks} (PNG; masks are index PNGs, 255 = ignore), and optionally
 classes.txt. Model: smp.Unet(encoder_name="resnet34", encoder_weights=None, classes=K); Adam 1e-3, batch 4, random
@@ -32,7 +32,6 @@ predictions; dice_fg = Dice of class 1 for two classes, else the mean Dice over 
 import argparse
 import json
 import os
-import sys
 import time
 
 PROCESS_START = time.time()
@@ -40,18 +39,7 @@ PROCESS_START = time.time()
 import numpy as np
 import torch
 from PIL import Image
-
-try:
-    import torchvision  # noqa: F401
-except RuntimeError as error:  # CUDA torchvision 0.28.0 on CPU torch: see the docstring
-    if "torchvision::nms" not in str(error):
-        raise
-    for name in [m for m in sys.modules if m.startswith("torchvision")]:
-        del sys.modules[name]
-    _TORCHVISION_LIB = torch.library.Library("torchvision", "DEF")  # must stay alive
-    for op in ("nms", "qnms"):
-        _TORCHVISION_LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-import segmentation_models_pytorch as smp  # noqa: E402
+from smp_import import smp  # noqa: E402  (segmentation_models_pytorch, with the torchvision workaround)
 
 
 def read_split(root):
