@@ -1,6 +1,6 @@
 """kseg's LiteRT files against segmentation_models_pytorch in eager PyTorch: DeepLabV3+ MobileNetV2 latency.
 
-    python benchmarks/edge_latency.py                       # 512x512, 2 threads, 3 rounds: ~4 min on 2 cores
+    python benchmarks/edge_latency.py                       # 512x512, 2 threads, 3 rounds: ~90 s on 2 cores
     python benchmarks/edge_latency.py --size 257 --threads 1 --rounds 5
 
 Issue 10's latency target: at 512x512 and 2 threads, kseg's int8 LiteRT at most 0.2x and its float32 LiteRT
@@ -111,7 +111,7 @@ def main():
                        "smp_ms": row["smp"]["labels_mean_ms"], "size_bytes": sizes[LABELS]}
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "size": args.size, "threads": args.threads, "runs": args.runs, "classes": args.classes,
-              "kseg_params": params, "smp": rounds[0]["smp"], "rounds": rounds, "summary": summary,
+              "kseg_params": params, "rounds": rounds, "summary": summary,
               "wall_s": round(time.time() - started, 1)}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "edge_latency.json"), "w") as f:

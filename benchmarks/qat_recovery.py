@@ -11,8 +11,9 @@ the same way), `kseg train --data DIR --time-budget B` trains kseg's default mod
 split, each with kseg's defaults (`kseg.modes.ExportSettings()`):
 
 - float32; post-training int8 and int4 (ai-edge-quantizer: int4 weights, int8 activations);
-- qat_int8 (tfmot through the tf_keras bridge, one pass at 1e-5) and qat_int4 (a Keras 3 fine-tune with the
-  int4 kernels rounded in the forward pass, at least 300 steps at 1e-4, then int4);
+- qat_int8 (tfmot through the tf_keras bridge, one pass) and qat_int4 (a Keras 3 fine-tune with the int4
+  kernels rounded in the forward pass, at least `kseg.modes.QAT_INT4_MIN_STEPS` steps, then int4), at the
+  learning rates of `kseg.modes.QAT_LEARNING_RATE`;
 - a control: the same fine-tune as qat_int4 with nothing rounded, then float32 and post-training int4.
   A short budget leaves a model that more training improves, so "QAT beats post-training" could be only
   "more training"; the control separates the two.
@@ -45,7 +46,10 @@ MEANINGFUL = 1.0  # points: a smaller post-training loss is within run-to-run no
 
 def train(folder, run, budget, seed, model):
     if os.path.exists(os.path.join(run, "best.keras")):
-        return "reused"
+        with open(os.path.join(run, "config.json")) as f:
+            config = json.load(f)
+        how = f"time budget {config['time_budget']:g} s" if config.get("time_budget") else f"{config['steps']} steps"
+        return f"reused a run of {how}, seed {config['seed']}"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     subprocess.run([sys.executable, "-m", "kseg.cli", "train", "--data", folder, "--time-budget", str(budget),
                     "--out", run, "--seed", str(seed), "--verbose", "0", *(["--model", model] if model else [])],

@@ -26,7 +26,6 @@ _WEIGHT_TYPES = {getattr(tfl.TensorType, name): name.lower() for name in ("FLOAT
                                                                            "INT16", "INT32", "UINT8")}
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Op:
     """One operator of the float graph, as recipes name it."""
@@ -52,7 +51,6 @@ class Op:
         """{"op", "tensor", "layer"} for sidecars: the Keras layer is read from the tensor names."""
         return {"op": self.name, "tensor": self.outputs[0] if self.outputs else "",
                 "layer": layer_of(";".join((self.scope, *self.constants)), model)}
-
 
 
 def with_signature(flatbuffer, key=SIGNATURE):
@@ -131,7 +129,6 @@ class Denylist:
         return any(op.index == other.index for other in self.covered)
 
 
-
 def inline_buffers(flatbuffer):
     """The model with every buffer inside the flatbuffer, 16-byte aligned. AEQ appends the weights of models
     over 256 KB after the flatbuffer (offset and size, the format of models over 2 GB), which LiteRT runs
@@ -152,14 +149,12 @@ def input_name(flatbuffer):
     return tfl_interpreter_utils.get_input_tensor_names(bytes(flatbuffer), SIGNATURE)[0]
 
 
-
 @contextlib.contextmanager
 def no_debug_warning():
     """Keeps every tensor (calibration, sensitivity) without LiteRT's warning that it is for debugging: it is."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
         yield
-
 
 
 def quantized_tensors(flatbuffer):

@@ -78,7 +78,8 @@ class Search:
 
     def __init__(self, float_model, graph, images, masks, build, promote, can_promote, num_classes, progress=False):
         """`build(promoted)`: the quantized model (bytes) with the ops `promoted`; `can_promote(op)`: whether an op
-        may be promoted (its quantizer can run it as `promote` asks, no denylist has it in float already)."""
+        may be promoted (its quantizer knows the op and can run it as `promote` asks, and no denylist has it in
+        float already)."""
         if promote not in modes.PROMOTIONS:
             raise KsegError(f"promote must be one of {modes.PROMOTIONS}, got {promote!r}")
         self.float_model, self.graph, self.images, self.masks = float_model, graph, images, masks

@@ -77,8 +77,11 @@ def to_litert(model, path, mode, input_size, calibration, output="logits", io_dt
 
 def _to_litert(model, path, mode, input_size, calibration, output, io_dtype, settings, class_names, source, origin,
                progress, extra):
-    if modes.get(mode).converter != "aeq":
+    spec = modes.get(mode)
+    if spec.converter != "aeq":
         raise KsegError(f"export mode {mode!r} is TensorFlow's converter's: export it with kseg.export.to_litert")
+    if spec.fine_tune is not None:
+        raise KsegError(f"export mode {mode!r} fine-tunes first: export it with kseg.stage.convert")
     if io_dtype not in modes.IO_DTYPES:
         raise KsegError(f"io_dtype must be one of {modes.IO_DTYPES}, got {io_dtype!r}")
     if calibration is None:
@@ -154,7 +157,7 @@ def aeq_quantizer(float_model, mode, io_dtype="uint8", denylist=None, promoted=(
 def int8_ends(graph):
     """The first and the last op that int4 would give int4 weights (CONV_2D, FULLY_CONNECTED): int4 keeps theirs
     in int8. The first sees the raw image through few weights, the last makes the scores; measured on four kseg
-    U-Nets (val mIoU, all int4 -> ends in int8, float32): MNI152 tissue 80.6 -> 87.8 (94.9), DSB2018 nuclei
+    U-Nets (val mIoU, all int4 -> ends in int8, float32; one run): MNI152 tissue 80.6 -> 87.8 (94.9), DSB2018 nuclei
     92.1 -> 94.1 (94.3), cells3d 95.5 -> 95.7 (95.5), synthetic 85.0 -> 85.1 (85.8), for 0.1% of the size."""
     weighted = [op for op in graph if op.name in INT4_OPS]
     return weighted[:1] + weighted[-1:] if len(weighted) > 1 else weighted
@@ -182,7 +185,6 @@ def calibrate(target, images, name):
     return ranges
 
 
-
 def quantize(target, ranges):
     """The model (bytes) a Quantizer writes from calibrated ranges, its weights inside the flatbuffer."""
     with console.quiet(), no_debug_warning():  # it checks the ranges on an interpreter that keeps every tensor
@@ -190,13 +192,11 @@ def quantize(target, ranges):
     return inline_buffers(bytes(result.quantized_model))
 
 
-
 def calibration_set(calibration, input_size, count=modes.ExportSettings.num_calibration, seed=0):
     """(images, masks) at the input size (`kseg.export.calibration_pairs`); masks None for a list of images."""
     if isinstance(calibration, list):
         return calibration, None
     return export.calibration_pairs(calibration, input_size, count, seed)
-
 
 
 def _plain(target):

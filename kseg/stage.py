@@ -24,8 +24,9 @@ def convert(model, path, mode, input_size, train=None, settings=None, source=Non
     """Writes `model` in any export mode (a LiteRT file, or an ONNX file for "onnx"); returns its sidecar dict.
 
     `train` (a `kseg.data.Split`) calibrates int8 ranges and fine-tunes the QAT and pruned modes, as
-    `settings` (a `kseg.modes.ExportSettings`) says; the ai-edge-quantizer modes (int4, mixed) are
-    `kseg.quantizer`'s, and mixed chooses its float ops on those calibration images.
+    `settings` (a `kseg.modes.ExportSettings`) says; the ai-edge-quantizer modes (int4, mixed, and qat_int4
+    after `kseg.compression.int4_aware_training`) are `kseg.quantizer`'s, and mixed chooses its float ops on
+    those calibration images.
     """
     spec = modes.get(mode)
     settings = settings or modes.ExportSettings()
@@ -38,7 +39,9 @@ def convert(model, path, mode, input_size, train=None, settings=None, source=Non
         from kseg import onnx_export
 
         return onnx_export.to_onnx(model, path, input_size, output, common["class_names"], source, origin)
-    learning_rate = settings.qat_learning_rate or modes.QAT_LEARNING_RATE.get(spec.quantization)
+    learning_rate = settings.qat_learning_rate
+    if spec.fine_tune == "qat" and learning_rate is None:
+        learning_rate = modes.QAT_LEARNING_RATE[spec.quantization]
     if spec.converter == "aeq":
         from kseg import quantizer
 

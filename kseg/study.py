@@ -2,12 +2,12 @@
 
     result = kseg.study.run("runs/x/best.keras", train, val, "study", input_size=(128, 128))
 
-For each mode (float32, float16, dynamic, int8, int16x8, int4, mixed, QAT int8, pruned float32 and
-pruned int8) `kseg.stage` writes the LiteRT file and measures its size (and gzip size), latency at each
-thread count, mIoU and the share of pixels whose label agrees with float32; the study adds the mIoU drop
-from float32 and the Pareto fronts (the modes nothing beats on both latency and mIoU, or on both size
-and mIoU), and writes `study.json`, `study.md` and `study.png` (latency and size against mIoU, with the
-fronts drawn).
+For each LiteRT mode of `kseg.modes.MODES` (by default every one: the post-training modes, int4, mixed,
+the QAT modes, which fine-tune first, and the pruned ones) `kseg.stage` writes the LiteRT file and measures
+its size (and gzip size), latency at each thread count, mIoU and the share of pixels whose label agrees with
+float32; the study adds the mIoU drop from float32 and the Pareto fronts (the modes nothing beats on both
+latency and mIoU, or on both size and mIoU), and writes `study.json`, `study.md` and `study.png` (latency and
+size against mIoU, with the fronts drawn).
 `sensitivity` adds, per layer, the error full-int8 quantization puts into its output (TFLite's
 QuantizationDebugger), worst first.
 """

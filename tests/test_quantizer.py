@@ -87,6 +87,9 @@ def test_the_new_modes_are_in_the_one_table():
     assert modes.AEQ == ("int4", "mixed", "qat_int4")
     assert all(modes.MODES[name].calibrates and modes.MODES[name].format == "litert" for name in modes.AEQ)
     assert not set(modes.AEQ) & set(modes.POST_TRAINING)
+    with pytest.raises(kseg.KsegError, match="'qat_int4' fine-tunes first: export it with kseg.stage.convert"):
+        quantizer.to_litert(keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1)]), "x.tflite",
+                            "qat_int4", (4, 4), [np.zeros((1, 4, 4, 3), np.float32)])
     with pytest.raises(kseg.KsegError, match="ai-edge-quantizer's"):
         kseg.export.litert_converter(keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1)]),
                                      "int4", (4, 4))
@@ -292,6 +295,16 @@ def int4_kernel(flatbuffer, layer):
     raise AssertionError(f"no int4 kernel of {layer}")
 
 
+def int4_weight_layers(flatbuffer, model):
+    """The Keras layers whose weights a LiteRT file holds in int4."""
+    from ai_edge_litert import schema_py_generated as tfl
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    graph = flatbuffer_utils.convert_bytearray_to_object(flatbuffer).subgraphs[0]
+    return {litert_graph.layer_of(graph.tensors[op.inputs[1]].name.decode(), model) for op in graph.operators
+            if len(op.inputs) > 1 and graph.tensors[op.inputs[1]].type == tfl.TensorType.INT4}
+
+
 def test_fake_quantize_rounds_each_output_channel_and_passes_gradients_straight_through():
     import tensorflow as tf
 
@@ -395,4 +408,7 @@ def test_qat_int4_simulates_every_int4_kernel_of_every_architecture(name, tmp_pa
     result = kseg.stage.export_artifact(model, str(tmp_path / f"{name}.tflite"), "qat_int4", (48, 48), train=split,
                                         settings=modes.ExportSettings(num_calibration=2, qat_steps=1, batch_size=2))
     assert len(result.info["fine_tune"]["simulated_layers"]) == result.info["quantizer"]["weights"]["int4"]
+    with open(result.path, "rb") as f:
+        stored = int4_weight_layers(f.read(), model)
+    assert stored == set(result.info["fine_tune"]["simulated_layers"])  # the layers rounded are the int4 ones
     assert runtime.LiteRTModel(result.path).run(np.zeros((48, 48, 3), np.float32)).shape == (48, 48, split.num_classes)

@@ -43,6 +43,8 @@ class FakeQuantConv2D(keras.layers.Conv2D):
         super().__init__(**kwargs)
         if not 2 <= int(bits) <= 8:
             raise ValueError(f"bits must be between 2 and 8, got {bits}")
+        if self.data_format != "channels_last":
+            raise ValueError("FakeQuantConv2D takes channels_last inputs (kseg's models are channels_last)")
         self.bits = int(bits)
 
     def call(self, inputs):
@@ -119,7 +121,7 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
     if classes not in (1, train_split.num_classes):
         raise KsegError(f"{model.name} predicts {classes} classes but the training data has "
                         f"{train_split.num_classes}")
-    names, others = int4_layers(model, input_size, settings) if layers is None else (list(layers), [])
+    names, others = int4_layers(model, input_size, settings) if layers is None else (list(layers), None)
     twin = with_fake_quantization(model, names)
     for layer in twin.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -133,7 +135,7 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
         steps = max(per_pass, modes.QAT_INT4_MIN_STEPS)
     batches = pipeline(train_split, batch_size, size=input_size, training=True, repeat=True,
                        **AUGMENTATIONS[plan["augment"]])
-    learning_rate = learning_rate or modes.QAT_LEARNING_RATE["int4"]
+    learning_rate = modes.QAT_LEARNING_RATE["int4"] if learning_rate is None else learning_rate
     decay = keras.optimizers.schedules.PolynomialDecay(learning_rate, int(steps), 0.0, TrainConfig.poly_power)
     twin.compile(keras.optimizers.Adam(decay), loss=losses.get(plan["loss"]))
     history = twin.fit(batches, steps_per_epoch=int(steps), epochs=1, shuffle=False, verbose=verbose)
