@@ -26,7 +26,6 @@ The rules, and why:
 
 import dataclasses
 import math
-import types
 
 import numpy as np
 
@@ -56,7 +55,6 @@ def choose(config, split):
     """{field: Choice} for every TrainConfig field left unset, from what `split` tells about the data."""
     choices = {}
     count = len(split) if split.length is not None else None
-    stats = split.stats
     size = _typical_size(split)
 
     if config.model in (None, "auto"):
@@ -99,28 +97,27 @@ def choose(config, split):
             steps = config.epochs * count / batch
         short = (steps is not None and steps <= SHORT_RUN["steps"]) or (
             config.time_budget is not None and config.time_budget <= SHORT_RUN["seconds"])
-        grey = stats is not None and stats.grey
-        if grey and short:
-            choices["augment"] = Choice("turns", "grey images, a short run: flips and 90-degree turns only")
-        elif grey:
-            choices["augment"] = Choice("topdown", "grey images: flips, 90-degree turns, brightness, mild scale")
-        elif short:
-            choices["augment"] = Choice("flip", "a short run: horizontal flips only, stronger augmentation slows it")
-        else:
-            choices["augment"] = Choice("natural", "colour images: scale 0.5-2, horizontal flips, colour jitter")
+        choices["augment"] = _augment(split, short)
     return choices
 
 
-def fine_tune(split, crop_size):
-    """{"loss", "augment"} for a short fine-tune of a trained model at `crop_size` (quantization-aware
-    training): the rules above for a short run. Stronger augmentation than the model was trained with would
-    make the fine-tune chase images it never saw (measured: a U-Net trained on grey MNI152 slices with flips
-    and turns lost 11 points of mIoU in 300 QAT steps under colour jitter and scale, and gained 1 without)."""
-    config = types.SimpleNamespace(model="fine-tune", model_kwargs={}, crop_size=tuple(crop_size), batch_size=None,
-                                   steps=SHORT_RUN["steps"], epochs=None, time_budget=None, learning_rate=0.0,
-                                   loss=None, augment=None, optimizer="adam")
-    choices = choose(config, split)
-    return {field: choices[field].value for field in ("loss", "augment")}
+def fine_tune(split):
+    """{"loss", "augment"} for a short fine-tune of a trained model (quantization-aware training): the rules
+    above for a short run. Stronger augmentation than the model was trained with would make the fine-tune
+    chase images it never saw (measured: a U-Net trained on grey MNI152 slices with flips and turns lost 11
+    points of mIoU in 300 QAT steps under colour jitter and scale, and gained 1 without)."""
+    return {"loss": _loss(split).value, "augment": _augment(split, short=True).value}
+
+
+def _augment(split, short):
+    grey = split.stats is not None and split.stats.grey
+    if grey and short:
+        return Choice("turns", "grey images, a short run: flips and 90-degree turns only")
+    if grey:
+        return Choice("topdown", "grey images: flips, 90-degree turns, brightness, mild scale")
+    if short:
+        return Choice("flip", "a short run: horizontal flips only, stronger augmentation slows it")
+    return Choice("natural", "colour images: scale 0.5-2, horizontal flips, colour jitter")
 
 
 def _typical_size(split):

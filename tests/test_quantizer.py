@@ -373,10 +373,10 @@ def test_qat_int4_fine_tunes_then_writes_int4(model, data, tmp_path):
 def test_fine_tunes_augment_as_a_short_run_on_the_data(data):
     import dataclasses
 
-    assert kseg.recipe.fine_tune(data[0], SIZE) == {"loss": "ce", "augment": "flip"}  # colour: no jitter or scale
+    assert kseg.recipe.fine_tune(data[0]) == {"loss": "ce", "augment": "flip"}  # colour: no jitter or scale
     stats = kseg.data.DataStats(sizes={SIZE: 32}, class_pixels=np.array([900, 90, 10]), grey=True)
     grey = dataclasses.replace(data[0], stats=stats)
-    assert kseg.recipe.fine_tune(grey, SIZE) == {"loss": "ce+dice", "augment": "turns"}  # microscopy: turns only
+    assert kseg.recipe.fine_tune(grey) == {"loss": "ce+dice", "augment": "turns"}  # microscopy: turns only
 
 
 def test_near_zero_activations_still_give_a_file_litert_loads(tmp_path):

@@ -25,9 +25,7 @@ import keras
 from keras import ops
 
 from kseg import litert_graph, losses, modes, quantizer, recipe
-from kseg.data import pipeline
-from kseg.data.pipeline import AUGMENTATIONS
-from kseg.errors import KsegError
+from kseg.compression import tuning
 from kseg.training import TrainConfig
 
 
@@ -117,28 +115,24 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
     """
     settings = settings or modes.ExportSettings()
     input_size = tuple(int(s) for s in input_size)
-    classes = int(model.output_shape[-1])
-    if classes not in (1, train_split.num_classes):
-        raise KsegError(f"{model.name} predicts {classes} classes but the training data has "
-                        f"{train_split.num_classes}")
+    tuning.check_classes(model, train_split)
     names, others = int4_layers(model, input_size, settings) if layers is None else (list(layers), None)
     twin = with_fake_quantization(model, names)
     for layer in twin.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False  # inference mode: moving statistics, frozen gamma and beta
-    plan = recipe.fine_tune(train_split, input_size)
+    plan = recipe.fine_tune(train_split)
     batch_size = batch_size or settings.batch_size
     if steps is None:
         steps = settings.qat_steps
     if steps is None:
         per_pass = -(-len(train_split) // batch_size) if train_split.length is not None else 0
         steps = max(per_pass, modes.QAT_INT4_MIN_STEPS)
-    batches = pipeline(train_split, batch_size, size=input_size, training=True, repeat=True,
-                       **AUGMENTATIONS[plan["augment"]])
     learning_rate = modes.QAT_LEARNING_RATE["int4"] if learning_rate is None else learning_rate
     decay = keras.optimizers.schedules.PolynomialDecay(learning_rate, int(steps), 0.0, TrainConfig.poly_power)
     twin.compile(keras.optimizers.Adam(decay), loss=losses.get(plan["loss"]))
-    history = twin.fit(batches, steps_per_epoch=int(steps), epochs=1, shuffle=False, verbose=verbose)
+    history = twin.fit(tuning.batches(train_split, batch_size, input_size), steps_per_epoch=int(steps), epochs=1,
+                       shuffle=False, verbose=verbose)
     tuned = keras.models.clone_model(model)
     tuned.set_weights(twin.get_weights())
     return tuned, {"steps": int(steps), "learning_rate": learning_rate, "batch_size": int(batch_size),

@@ -45,15 +45,25 @@ def fit(model, train_split, input_size, epochs, steps, batch_size, learning_rate
 
     `steps=None`: one pass over the split per epoch; `loss` defaults to `MaskedCrossEntropy()`.
     """
-    classes = model.output_shape[-1]
-    if classes not in (1, train_split.num_classes):
-        raise KsegError(f"{model.name} predicts {classes} classes but the training data has {train_split.num_classes}")
-    augment = kseg.data.AUGMENTATIONS[recipe.fine_tune(train_split, input_size)["augment"]]
-    batches = kseg.data.pipeline(train_split, batch_size, size=input_size, training=True, repeat=steps is not None,
-                                 **augment)
+    check_classes(model, train_split)
     model.compile(tf_keras.optimizers.Adam(learning_rate), loss=MaskedCrossEntropy() if loss is None else loss,
                   run_eagerly=run_eagerly)
-    model.fit(batches, epochs=epochs, steps_per_epoch=steps, callbacks=list(callbacks or []), verbose=verbose)
+    model.fit(batches(train_split, batch_size, input_size, repeat=steps is not None), epochs=epochs,
+              steps_per_epoch=steps, callbacks=list(callbacks or []), verbose=verbose)
+
+
+def check_classes(model, train_split):
+    """A KsegError unless `model` (Keras 3 or tf_keras) predicts the split's classes (or one binary logit)."""
+    classes = int(model.output_shape[-1])
+    if classes not in (1, train_split.num_classes):
+        raise KsegError(f"{model.name} predicts {classes} classes but the training data has {train_split.num_classes}")
+
+
+def batches(train_split, batch_size, input_size, repeat=True):
+    """Fine-tuning batches of `train_split` at `input_size`, augmented as `kseg.recipe.fine_tune` says for a
+    short run on this data (QAT and pruning alike)."""
+    augment = kseg.data.AUGMENTATIONS[recipe.fine_tune(train_split)["augment"]]
+    return kseg.data.pipeline(train_split, batch_size, size=input_size, training=True, repeat=repeat, **augment)
 
 
 def freeze_batch_norm(layers):
