@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 import kseg  # noqa: E402
-from kseg import modes, stage  # noqa: E402
+from kseg.deploy import modes, stage  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -7,8 +7,8 @@ Issue 10's latency target: at 512x512 and 2 threads, kseg's int8 LiteRT at most 
 at most 0.4x of SMP's eager PyTorch latency for the same architecture, measured in the same run.
 
 - kseg: `kseg.models.deeplabv3plus(21)` (MobileNetV2, output stride 16, the paper's decoder), random weights,
-  exported at the size by `kseg.export.to_litert` as float32 and full int8 (uint8 image in, calibrated on 16
-  synthetic images), each timed by `kseg.bench.benchmark(..., fresh_process=True)`: XNNPACK, `threads`
+  exported at the size by `kseg.deploy.litert.to_litert` as float32 and full int8 (uint8 image in, calibrated on 16
+  synthetic images), each timed by `kseg.runtime.bench.benchmark(..., fresh_process=True)`: XNNPACK, `threads`
   threads, one float32 image in and float32 logits out (the int8 call includes quantizing the image and
   dequantizing the logits), and its interpreter's invoke alone.
 - SMP: `benchmarks/peers/smp_latency.py` in its own venv (`--smp-python`, default $KSEG_SMP_PYTHON or
@@ -41,7 +41,7 @@ LABELS = "int8_labels"  # full int8 with the argmax inside (`--output labels`): 
 
 def export_kseg(size, classes, folder):
     import kseg
-    from kseg import export
+    from kseg.deploy import litert
 
     model = kseg.models.deeplabv3plus(classes)
     calibration = kseg.data.load("synthetic", "train", num_images=16, size=(size, size))
@@ -50,7 +50,7 @@ def export_kseg(size, classes, folder):
     for name, mode, output in (("float32", "float32", "logits"), ("int8", "int8", "logits"),
                                (LABELS, "int8", "labels")):
         paths[name] = os.path.join(folder, f"deeplabv3plus_{name}.tflite")
-        export.to_litert(model, paths[name], mode, input_size=(size, size), calibration=calibration,
+        litert.to_litert(model, paths[name], mode, input_size=(size, size), calibration=calibration,
                          num_calibration=16, class_names=names, output=output)
     return paths, model.count_params()
 
@@ -75,7 +75,7 @@ def main():
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
 
-    from kseg import bench
+    from kseg.runtime import bench
 
     started = time.time()
     rounds = []

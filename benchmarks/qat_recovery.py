@@ -7,13 +7,13 @@
 
 For each dataset (the embedded synthetic shapes and the real folders of benchmarks/learning.py, prepared
 the same way), `kseg train --data DIR --time-budget B` trains kseg's default model (a run folder under
---work that exists already is reused), then `kseg.stage.export_artifact` writes and scores, on the val
-split, each with kseg's defaults (`kseg.modes.ExportSettings()`):
+--work that exists already is reused), then `kseg.deploy.stage.export_artifact` writes and scores, on the val
+split, each with kseg's defaults (`kseg.deploy.modes.ExportSettings()`):
 
 - float32; post-training int8 and int4 (ai-edge-quantizer: int4 weights, int8 activations);
 - qat_int8 (tfmot through the tf_keras bridge, one pass) and qat_int4 (a Keras 3 fine-tune with the int4
-  kernels rounded in the forward pass, at least `kseg.modes.QAT_INT4_MIN_STEPS` steps, then int4), at the
-  learning rates of `kseg.modes.QAT_LEARNING_RATE`;
+  kernels rounded in the forward pass, at least `kseg.deploy.modes.QAT_INT4_MIN_STEPS` steps, then int4), at the
+  learning rates of `kseg.deploy.modes.QAT_LEARNING_RATE`;
 - a control: the same fine-tune as qat_int4 with nothing rounded, then float32 and post-training int4.
   A short budget leaves a model that more training improves, so "QAT beats post-training" could be only
   "more training"; the control separates the two.
@@ -64,8 +64,9 @@ def recovered(reference, ptq, qat):
 
 def measure(name, folder, run, tmp):
     import kseg
-    from kseg import provenance, runtime, stage
-    from kseg.compression import int4_aware_training
+    from kseg import provenance, runtime
+    from kseg.deploy import stage
+    from kseg.deploy.compression import int4_aware_training
 
     checkpoint = os.path.join(run, "best.keras")
     model = runtime.load_keras(checkpoint)
@@ -102,7 +103,8 @@ def report(rows, args, wall):
     lines = ["# QAT recovery: post-training quantization against quantization-aware training", "",
              f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores. Each model: "
              f"`kseg train --data DIR --time-budget {args.budget:g}` (kseg's defaults: a U-Net; or --model), then "
-             "every mode with kseg's default export settings; val mIoU of the LiteRT files (kseg.evaluation). int4: "
+             "every mode with kseg's default export settings; val mIoU of the LiteRT files (kseg.runtime.evaluation). "
+             "int4: "
              "ai-edge-quantizer, int4 convolution weights except the first and last, int8 activations.", "",
              "| dataset, model | float32 | int8 | qat_int8 | int8 loss recovered | int4 | qat_int4 "
              "| int4 loss recovered | control fine-tune: float32 / int4 | recovered vs control |",

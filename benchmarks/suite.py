@@ -180,7 +180,7 @@ def matmul_rate(backend, reps, n=2048):
         ja, jb = jnp.asarray(a), jnp.asarray(b)
         matmul = jax.jit(jnp.matmul)
         run = lambda: matmul(ja, jb).block_until_ready()  # noqa: E731
-    from kseg.bench import time_calls
+    from kseg.runtime.bench import time_calls
 
     result = time_calls(run, 1, reps)
     flops = 2 * n**3
@@ -216,7 +216,7 @@ def keras_latency(model, size, runs):
     start = time.perf_counter()
     predict(image)
     first = time.perf_counter() - start
-    from kseg.bench import time_calls
+    from kseg.runtime.bench import time_calls
 
     return {**time_calls(lambda: predict(image), 2, runs), "first_call_s": first}
 
@@ -249,16 +249,17 @@ def training_throughput(model, size, batch, steps):
 
 
 def litert(model, size, calibration_count, runs, tmp, label, rounds=3):
-    """LiteRT float32 and full-int8 files (kseg.export.to_litert, builtins only): export time, size, latency.
+    """LiteRT float32 and full-int8 files (kseg.deploy.litert.to_litert, builtins only): export time, size, latency.
 
-    Latency comes from kseg.bench.benchmark, run in `rounds` interleaved rounds (float32 and int8, 1 and
+    Latency comes from kseg.runtime.bench.benchmark, run in `rounds` interleaved rounds (float32 and int8, 1 and
     2 threads, in turn) so that a busy spell of the machine hits every configuration alike; each figure
     is the median of the rounds' medians.
     """
     import numpy as np
 
     import kseg
-    from kseg import bench, export
+    from kseg.deploy import litert
+    from kseg.runtime import bench
 
     images, _ = kseg.data.generate(calibration_count, tuple(size), seed=3)  # realistic activation ranges
     calibration = [image[None].astype(np.float32) for image in images]
@@ -269,7 +270,7 @@ def litert(model, size, calibration_count, runs, tmp, label, rounds=3):
             path, row = f"{stem}_{mode}.tflite", {}
             start = time.perf_counter()
             try:
-                info = export.to_litert(model, path, mode, input_size=tuple(size), calibration=calibration,
+                info = litert.to_litert(model, path, mode, input_size=tuple(size), calibration=calibration,
                                         num_calibration=calibration_count)
                 row.update(export_s=time.perf_counter() - start, size_bytes=info["size_bytes"], ops=info["ops"])
                 paths[mode] = path
@@ -580,7 +581,7 @@ def report(results, has_hub, args, wall_s):
         return out
 
     lines += model_table("models", "Every registered architecture (Keras, TensorFlow backend)")
-    lines += ["", "### LiteRT (builtins only, kseg.export.to_litert; full int8 with uint8 input/output)"]
+    lines += ["", "### LiteRT (builtins only, kseg.deploy.litert.to_litert; full int8 with uint8 input/output)"]
     lines += litert_table("models")
 
     peers = [r for r in tf_result["rows"] if r["group"] == "peers"]
@@ -638,7 +639,7 @@ def targets(peers, jax_rows):
                     row = theirs.get("litert", {}).get(mode, {})
                     state = row.get("error") or (f"works, exported in {fmt(row.get('export_s'), '.0f')} s, "
                                                  f"{fmt(get(row, 'threads2', 'p50_ms'))} ms at 2 threads")
-                    out.append(f"- keras-hub {backbone} LiteRT {mode} via kseg.export.to_litert: {state}.")
+                    out.append(f"- keras-hub {backbone} LiteRT {mode} via kseg.deploy.litert.to_litert: {state}.")
         f32, i8 = get(ours, "litert", "float32"), get(ours, "litert", "int8")
         for threads in (1, 2):
             a, b = get(f32, f"threads{threads}", "p50_ms"), get(i8, f"threads{threads}", "p50_ms")

@@ -1,4 +1,5 @@
-"""The export stage (`kseg.stage`): checkpoints in; each evaluated and timed, artifacts, manifest.json, report.md out.
+"""The export stage (`kseg.deploy.stage`): checkpoints in; each evaluated and timed, artifacts, manifest.json and
+report.md out.
 
     python export/run.py runs/a/best.keras runs/b/best.keras --out artifacts --modes float32 int8 qat_int8
     python export/run.py --zoo --out artifacts     # every registered architecture, trained briefly first
@@ -14,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def run(checkpoints, out, modes, input_size=None, data="synthetic", threads=2, runs=20, settings=None):
     """Exports, evaluates (on `data`'s val split) and times every checkpoint in every mode; returns the entries."""
     import kseg
-    from kseg import stage
+    from kseg.deploy import stage
 
     train, val = kseg.data.load(data, "train"), kseg.data.load(data, "val")
     results = []
@@ -25,7 +26,7 @@ def run(checkpoints, out, modes, input_size=None, data="synthetic", threads=2, r
 
 
 def main(argv=None):
-    from kseg import modes
+    from kseg.deploy import modes
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="*", help=".keras files")
@@ -41,7 +42,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.checkpoints and not args.zoo:
         parser.error("give checkpoints or --zoo")
-    from kseg import stage
+    from kseg.deploy import stage
     from kseg.errors import KsegError
 
     try:

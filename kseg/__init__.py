@@ -5,7 +5,7 @@
     model.compile("adam", loss=kseg.losses.CrossEntropy(), metrics=[kseg.metrics.MeanIoU(6)])
 
 `kseg.models`, `kseg.losses` and `kseg.metrics` are backend-agnostic Keras 3 code (TensorFlow, JAX,
-PyTorch); the deployment modules (`kseg.runtime`, `kseg.export`, `kseg.compression`, `kseg.stage`)
+PyTorch); the deployment modules (`kseg.runtime`, `kseg.deploy.litert`, `kseg.deploy.compression`, `kseg.deploy.stage`)
 use TensorFlow. Every submodule is imported on first use, so `import kseg` (and the command line's
 start) loads no framework. The README's code map describes the layout.
 """

@@ -6,7 +6,8 @@ import os
 import sys
 import traceback
 
-from kseg import commands, modes
+from kseg import commands
+from kseg.deploy import modes
 from kseg.errors import KsegError, first_line
 
 

@@ -6,7 +6,7 @@ Each command imports what it needs when it runs, so `kseg --help` starts without
 import json
 import os
 
-from kseg import modes
+from kseg.deploy import modes
 from kseg.errors import KsegError, first_line
 
 
@@ -65,7 +65,8 @@ def _split(args):
 
 
 def cmd_evaluate(args):
-    from kseg import evaluation, report
+    from kseg import report
+    from kseg.runtime import evaluation
 
     split = _split(args)
     result = evaluation.evaluate(args.model, split, num_threads=args.threads)
@@ -116,7 +117,8 @@ def _settings(args, cls=modes.ExportSettings, **more):
 
 def cmd_export(args):
     import kseg
-    from kseg import export, provenance, runtime, stage
+    from kseg import provenance, runtime
+    from kseg.deploy import litert, stage
 
     model = runtime.load_keras(args.model)
     origin = provenance.of_checkpoint(args.model, model)
@@ -124,7 +126,7 @@ def cmd_export(args):
     needs_data = any(modes.get(mode).needs_data for mode in args.modes)
     train = kseg.data.load(data, "train", num_classes=args.num_classes) if needs_data else None
     if args.savedmodel:
-        print(export.save_savedmodel(model, os.path.join(args.out, stage.artifact_stem(args.model) + "_savedmodel")))
+        print(litert.save_savedmodel(model, os.path.join(args.out, stage.artifact_stem(args.model) + "_savedmodel")))
     results = stage.export_checkpoint(model, args.out, args.modes, args.input_size, train, settings=_settings(args),
                                       output=args.output, io_dtype=args.io_dtype, source=args.model)
     stage.write_manifest(args.out, results, calibration_data=data if needs_data else None)
@@ -133,7 +135,7 @@ def cmd_export(args):
 
 def cmd_quantize_study(args):
     import kseg
-    from kseg import study
+    from kseg.deploy import study
 
     train = kseg.data.load(args.data, "train", num_classes=args.num_classes)
     val = kseg.data.load(args.data, args.split, num_classes=args.num_classes)
@@ -144,7 +146,7 @@ def cmd_quantize_study(args):
 
 
 def cmd_bench(args):
-    from kseg import bench
+    from kseg.runtime import bench
 
     results = []
     for path in args.artifacts:
@@ -159,7 +161,7 @@ def cmd_bench(args):
 
 
 def bench_lines(stats, top=10):
-    """`kseg bench`'s report of one `kseg.bench.benchmark` result: latency, its steps, start-up and memory, and
+    """`kseg bench`'s report of one `kseg.runtime.bench.benchmark` result: latency, its steps, start-up and memory, and
     with per-op times the `top` op types."""
     height, width = stats["input_size"]
     lines = [f"{stats['path']}  threads {stats['threads']}  {height}x{width}  mean {stats['mean_ms']:.2f} ms  "

@@ -45,7 +45,9 @@ def _step(number, title):
 
 def run(config):
     """Runs the demo; returns the results dict that `results.json` holds."""
-    from kseg import bench, evaluation, files, runtime, stage, training
+    from kseg import files, runtime, training
+    from kseg.deploy import stage
+    from kseg.runtime import bench, evaluation
 
     started = time.time()
     os.makedirs(config.out_dir, exist_ok=True)

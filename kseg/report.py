@@ -17,7 +17,7 @@ def markdown_table(header, rows, align=None):
 
 
 def artifacts_table(entries, threads, reference=None):
-    """One row per artifact entry of `kseg.stage` (or the demo's Keras model): size, gzip size, latency at each
+    """One row per artifact entry of `kseg.deploy.stage` (or the demo's Keras model): size, gzip size, latency at each
     thread count and mIoU; with a `reference` entry, the change of mIoU against it; where measured, the share
     of pixels whose label agrees with the stage's reference artifact (float32)."""
     agreement = any(e.get("agreement") is not None for e in entries)
@@ -126,7 +126,7 @@ def pareto_plot(entries, threads, path):
 
 
 def confusion_figure(result, path):
-    """Saves the row-normalised confusion matrix of a `kseg.evaluation.EvaluationResult` as a PNG."""
+    """Saves the row-normalised confusion matrix of a `kseg.runtime.evaluation.EvaluationResult` as a PNG."""
     plt = _pyplot()
     confusion = result.confusion.astype(np.float64)
     normalised = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)

@@ -152,13 +152,14 @@ def test_caffe_normalisation_round_trips_through_a_keras_file(tmp_path):
 @requires_tensorflow
 def test_mobilenetv3_dilated_converts_to_litert_builtins(tmp_path):
     """Hard-swish becomes the HARD_SWISH builtin and squeeze-excite plain MEAN/CONV_2D/ADD/MUL: no Flex ops."""
-    from kseg import export, runtime
+    from kseg import runtime
+    from kseg.deploy import litert
 
     pixels = blocks.pixel_input((None, None, 3))
     features = backbones.build("mobilenetv3_small", pixels, output_stride=16, alpha=0.35)
     model = keras.Model(pixels, features[max(features)], name="mobilenetv3_small_os16")
     path = str(tmp_path / "m.tflite")
-    info = export.to_litert(model, path, "float32", input_size=(64, 64))
+    info = litert.to_litert(model, path, "float32", input_size=(64, 64))
     assert "HARD_SWISH" in info["ops"]
     assert not any(op.startswith("FLEX") for op in info["ops"]), info["ops"]
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")

@@ -1,4 +1,4 @@
-"""`kseg.bench`: the fields an engineer reads (invoke alone, copies, start-up, memory, per-op times) exist and
+"""`kseg.runtime.bench`: the fields an engineer reads (invoke alone, copies, start-up, memory, per-op times) exist and
 agree with each other. Timings themselves are not asserted: they depend on the machine."""
 
 import importlib.util
@@ -9,8 +9,9 @@ import pytest
 from conftest import requires_tensorflow
 
 import kseg
-from kseg import bench, export, litert_profile
 from kseg.cli import main
+from kseg.deploy import litert
+from kseg.runtime import bench, profiler
 
 pytestmark = requires_tensorflow
 SIZE = (40, 48)
@@ -32,7 +33,7 @@ def artifacts(tmp_path_factory):
     model.save(paths["keras"])
     for mode in ("float32", "int8"):
         paths[mode] = str(out / f"m_{mode}.tflite")
-        export.to_litert(model, paths[mode], mode, input_size=SIZE, calibration=calibration)
+        litert.to_litert(model, paths[mode], mode, input_size=SIZE, calibration=calibration)
     return paths
 
 
@@ -77,7 +78,7 @@ def test_a_fresh_process_measures_the_same_fields(artifacts):
 
 @requires_onnx
 def test_onnx_steps_startup_memory_and_ops(artifacts, tmp_path):
-    from kseg import onnx_export
+    from kseg.deploy import onnx_export
 
     path = str(tmp_path / "m.onnx")
     onnx_export.to_onnx(artifacts["model"], path, input_size=SIZE)
@@ -114,11 +115,11 @@ Timings (microseconds): count=14 curr=1000
 
 
 def test_the_litert_summary_table_is_read_per_run():
-    rows = litert_profile.parse_summary(SUMMARY, runs=20)
+    rows = profiler.parse_summary(SUMMARY, runs=20)
     assert rows[0] == {"op": "Delegate/Convolution (NHWC, F32) IGEMM", "nodes": 12, "ms": 6.0, "share": 0.6}
     assert rows[1]["op"] == "Delegate/Resize Bilinear" and rows[1]["ms"] == 2.0
     with pytest.raises(kseg.errors.KsegError):
-        litert_profile.parse_summary("no table", runs=1)
+        profiler.parse_summary("no table", runs=1)
 
 
 def test_the_onnxruntime_profile_counts_the_last_runs_only():

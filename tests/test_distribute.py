@@ -17,9 +17,9 @@ import pytest
 from conftest import requires_tensorflow
 
 import kseg
-from kseg import distribute
 from kseg.cli import main
 from kseg.errors import KsegError
+from kseg.training import distribute
 
 pytestmark = requires_tensorflow
 TINY = ["--model", "unet", "--model-arg", "filters=4", "--model-arg", "depth=2", "--crop-size", "32",

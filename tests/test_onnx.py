@@ -10,15 +10,16 @@ import pytest
 from conftest import requires_tensorflow
 
 import kseg
-from kseg import onnx_export, provenance, runtime
+from kseg import provenance, runtime
 from kseg.cli import main
+from kseg.deploy import onnx_export
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 pytestmark = requires_tensorflow
 SIZE = (48, 56)
 # Odd sizes, whose strides do not divide evenly: decoders resize 3 -> 11 and the like, which tf2onnx writes as
-# inexact float scales (kseg.onnx_export.exact_resize_sizes; without it HRNet, RefineNet and U-Net fail here).
+# inexact float scales (kseg.deploy.onnx_export.exact_resize_sizes; without it HRNet, RefineNet and U-Net fail here).
 ODD = (41, 67)
 # float32 in both runtimes, but tf2onnx folds batch norm into the convolutions and onnxruntime sums in another
 # order: the largest difference seen is about 1e-6 of the logits' range. 1e-4 of that range bounds it with room.

@@ -17,8 +17,8 @@ SIZE = (48, 56)
 if keras.backend.backend() == "tensorflow":
     import tf_keras
 
-    from kseg import compression as q
-    from kseg.compression import bridge
+    from kseg.deploy import compression as q
+    from kseg.deploy.compression import bridge
 
 
 @pytest.fixture(scope="module")

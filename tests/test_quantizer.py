@@ -1,4 +1,5 @@
-"""ai-edge-quantizer modes (kseg.quantizer): int4 weights, mixed precision chosen by measurement, float denylists.
+"""ai-edge-quantizer modes (kseg.deploy.quantizer): int4 weights, mixed precision chosen by measurement, float
+denylists.
 
 The model is a three-convolution colour segmenter trained for a few seconds on coloured blobs (so float32
 scores high and a drop means something); `outlier` is the same function with one feature channel scaled by
@@ -15,7 +16,8 @@ import pytest
 from conftest import requires_tensorflow
 
 import kseg
-from kseg import litert_graph, modes, quantizer, runtime
+from kseg import runtime
+from kseg.deploy import litert_graph, modes, quantizer
 
 pytestmark = requires_tensorflow
 SIZE = (48, 56)
@@ -80,18 +82,18 @@ def outlier(model, data):
 
 
 def miou(path, split):
-    return 100 * kseg.evaluation.evaluate(path, split, progress=False).scores["miou"]
+    return 100 * kseg.runtime.evaluation.evaluate(path, split, progress=False).scores["miou"]
 
 
 def test_the_new_modes_are_in_the_one_table():
     assert modes.AEQ == ("int4", "mixed", "qat_int4")
     assert all(modes.MODES[name].calibrates and modes.MODES[name].format == "litert" for name in modes.AEQ)
     assert not set(modes.AEQ) & set(modes.POST_TRAINING)
-    with pytest.raises(kseg.KsegError, match="'qat_int4' fine-tunes first: export it with kseg.stage.convert"):
+    with pytest.raises(kseg.KsegError, match="'qat_int4' fine-tunes first: export it with kseg.deploy.stage.convert"):
         quantizer.to_litert(keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1)]), "x.tflite",
                             "qat_int4", (4, 4), [np.zeros((1, 4, 4, 3), np.float32)])
     with pytest.raises(kseg.KsegError, match="ai-edge-quantizer's"):
-        kseg.export.litert_converter(keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1)]),
+        kseg.deploy.litert.litert_converter(keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1)]),
                                      "int4", (4, 4))
 
 
@@ -99,8 +101,8 @@ def test_int4_runs_in_litert_and_scores_near_float(model, data, tmp_path):
     train, val = data
     settings = modes.ExportSettings(num_calibration=16)
     float_path, int4_path, int8_path = (str(tmp_path / f"{mode}.tflite") for mode in ("float32", "int4", "int8"))
-    kseg.export.to_litert(model, float_path, "float32", SIZE)
-    kseg.export.to_litert(model, int8_path, "int8", SIZE, calibration=train, num_calibration=16)
+    kseg.deploy.litert.to_litert(model, float_path, "float32", SIZE)
+    kseg.deploy.litert.to_litert(model, int8_path, "int8", SIZE, calibration=train, num_calibration=16)
     info = quantizer.to_litert(model, int4_path, "int4", SIZE, train, settings=settings, class_names=CLASSES)
     assert info["quantizer"]["weights"] == {"int8": 2, "int4": 1}  # the first and last convolutions keep int8
     assert [entry["layer"] for entry in info["quantizer"]["int8_weights"]] == ["features", "classifier"]
@@ -116,7 +118,7 @@ def test_int4_runs_in_litert_and_scores_near_float(model, data, tmp_path):
 def test_mixed_promotes_the_ops_int8_breaks_and_meets_the_bound(outlier, data, tmp_path):
     train, val = data
     float_path, mixed_path = str(tmp_path / "float32.tflite"), str(tmp_path / "mixed.tflite")
-    kseg.export.to_litert(outlier, float_path, "float32", SIZE)
+    kseg.deploy.litert.to_litert(outlier, float_path, "float32", SIZE)
     settings = modes.ExportSettings(num_calibration=16, max_drop=0.3)
     info = quantizer.to_litert(outlier, mixed_path, "mixed", SIZE, train, settings=settings)
     search = info["quantizer"]["selection"]
@@ -274,7 +276,7 @@ def test_a_bound_nothing_meets_gives_the_best_tried_and_says_so(model, data, tmp
 
 
 # ------------------------------------------------------------------------------------------------
-# qat_int4: int4 weights learned in a quantization-aware fine-tune (kseg.compression.qat_int4)
+# qat_int4: int4 weights learned in a quantization-aware fine-tune (kseg.deploy.compression.qat_int4)
 
 
 def int4_kernel(flatbuffer, layer):
@@ -308,7 +310,7 @@ def int4_weight_layers(flatbuffer, model):
 def test_fake_quantize_rounds_each_output_channel_and_passes_gradients_straight_through():
     import tensorflow as tf
 
-    from kseg.compression.qat_int4 import fake_quantize
+    from kseg.deploy.compression.qat_int4 import fake_quantize
 
     rng = np.random.default_rng(0)
     kernel = tf.Variable(rng.normal(size=(3, 3, 4, 5)).astype("float32"))
@@ -327,7 +329,7 @@ def test_fake_quantize_rounds_each_output_channel_and_passes_gradients_straight_
 
 def test_rounding_a_kernel_commutes_with_a_per_channel_factor():
     """Why rounding the kernel before its batch norm is folded equals rounding the folded kernel LiteRT holds."""
-    from kseg.compression.qat_int4 import fake_quantize
+    from kseg.deploy.compression.qat_int4 import fake_quantize
 
     rng = np.random.default_rng(1)
     kernel = rng.normal(size=(3, 3, 6, 4)).astype("float32")
@@ -337,7 +339,7 @@ def test_rounding_a_kernel_commutes_with_a_per_channel_factor():
 
 
 def test_int4_file_holds_the_kernels_the_fine_tune_rounded(model, data, tmp_path):
-    from kseg.compression import qat_int4
+    from kseg.deploy.compression import qat_int4
 
     names, others = qat_int4.int4_layers(model, SIZE)
     assert names == ["mixer"] and others == []  # features and classifier are int4's int8 ends
@@ -356,7 +358,7 @@ def test_qat_int4_fine_tunes_then_writes_int4(model, data, tmp_path):
     before = [w.copy() for w in model.get_weights()]
     path = str(tmp_path / "colours_qat_int4.tflite")
     settings = modes.ExportSettings(num_calibration=8, qat_steps=6, batch_size=4)
-    result = kseg.stage.export_artifact(model, path, "qat_int4", SIZE, train=train, val=val, settings=settings)
+    result = kseg.deploy.stage.export_artifact(model, path, "qat_int4", SIZE, train=train, val=val, settings=settings)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the user's model untouched
     info = result.info
     assert result.mode == "qat_int4" and info["mode"] == "int4" and info["training"] == "qat"
@@ -373,10 +375,10 @@ def test_qat_int4_fine_tunes_then_writes_int4(model, data, tmp_path):
 def test_fine_tunes_augment_as_a_short_run_on_the_data(data):
     import dataclasses
 
-    assert kseg.recipe.fine_tune(data[0]) == {"loss": "ce", "augment": "flip"}  # colour: no jitter or scale
+    assert kseg.training.recipe.fine_tune(data[0]) == {"loss": "ce", "augment": "flip"}  # colour: no jitter or scale
     stats = kseg.data.DataStats(sizes={SIZE: 32}, class_pixels=np.array([900, 90, 10]), grey=True)
     grey = dataclasses.replace(data[0], stats=stats)
-    assert kseg.recipe.fine_tune(grey) == {"loss": "ce+dice", "augment": "turns"}  # microscopy: turns only
+    assert kseg.training.recipe.fine_tune(grey) == {"loss": "ce+dice", "augment": "turns"}  # microscopy: turns only
 
 
 def test_near_zero_activations_still_give_a_file_litert_loads(tmp_path):
@@ -402,11 +404,12 @@ def test_qat_int4_simulates_every_int4_kernel_of_every_architecture(name, tmp_pa
     split = kseg.data.from_synthetic("train", num_images=4, size=(48, 48))
     keras.utils.set_random_seed(0)
     model = kseg.models.get(name, split.num_classes, tiny=True)
-    from kseg.compression import qat_int4
+    from kseg.deploy.compression import qat_int4
 
     assert qat_int4.int4_layers(model, (48, 48))[1] == []  # no int4 weight outside a plain Conv2D
-    result = kseg.stage.export_artifact(model, str(tmp_path / f"{name}.tflite"), "qat_int4", (48, 48), train=split,
-                                        settings=modes.ExportSettings(num_calibration=2, qat_steps=1, batch_size=2))
+    settings = modes.ExportSettings(num_calibration=2, qat_steps=1, batch_size=2)
+    result = kseg.deploy.stage.export_artifact(model, str(tmp_path / f"{name}.tflite"), "qat_int4", (48, 48),
+                                               train=split, settings=settings)
     assert len(result.info["fine_tune"]["simulated_layers"]) == result.info["quantizer"]["weights"]["int4"]
     with open(result.path, "rb") as f:
         stored = int4_weight_layers(f.read(), model)

@@ -8,15 +8,23 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "kseg")
 
-# Bottom to top: a module may import from its own layer and the ones below it, never from above.
+# Bottom to top: a module may import from its own layer and the ones below it, never from above. A module
+# belongs to the longest name here that it equals or starts with.
 LAYERS = (
-    ("kseg", "kseg.errors", "kseg.console", "kseg.modes", "kseg.files", "kseg.provenance", "kseg.viz",
-     "kseg.report", "kseg.complexity"),
+    # utilities
+    ("kseg", "kseg.errors", "kseg.console", "kseg.files", "kseg.provenance", "kseg.viz", "kseg.report",
+     "kseg.complexity"),
+    # what a model is made of and learns from
     ("kseg.models", "kseg.data", "kseg.losses", "kseg.metrics"),
-    ("kseg.training", "kseg.distribute", "kseg.recipe", "kseg.runtime", "kseg.litert_profile"),
-    ("kseg.evaluation", "kseg.export", "kseg.metadata", "kseg.onnx_export", "kseg.bench", "kseg.litert_graph"),
-    ("kseg.compression", "kseg.quantizer", "kseg.mixed_precision"),
-    ("kseg.stage", "kseg.study"),
+    # training a model; running a trained one (checkpoint or artifact)
+    ("kseg.training", "kseg.runtime"),
+    # deployment, bottom to top: the modes table and graph readers; converters; fine-tunes and quantizer
+    # recipes; one export request end to end and the study of all modes
+    ("kseg.deploy", "kseg.deploy.modes", "kseg.deploy.metadata", "kseg.deploy.litert_graph"),
+    ("kseg.deploy.litert", "kseg.deploy.onnx_export"),
+    ("kseg.deploy.mixed_precision", "kseg.deploy.quantizer", "kseg.deploy.compression"),
+    ("kseg.deploy.stage", "kseg.deploy.study"),
+    # front ends
     ("kseg.demo", "kseg.cli", "kseg.commands", "kseg.__main__"),
 )
 
@@ -36,10 +44,10 @@ MODULES = modules()
 
 
 def layer(module):
-    for rank, names in enumerate(LAYERS):
-        if any(module == name or module.startswith(name + ".") for name in names if name != "kseg"):
-            return rank
-    return 0 if module == "kseg" else None
+    """The rank in LAYERS of the longest name that `module` equals or starts with (None if none does)."""
+    matches = [(len(name), rank) for rank, names in enumerate(LAYERS) for name in names
+               if module == name or (name != "kseg" and module.startswith(name + "."))]
+    return max(matches)[1] if matches else None
 
 
 def resolve(name):

@@ -11,8 +11,7 @@ from conftest import requires_tensorflow
 from PIL import Image
 
 import kseg
-from kseg import recipe
-from kseg.training import TrainConfig, resolve
+from kseg.training import TrainConfig, recipe, resolve
 
 pytestmark = requires_tensorflow
 TINY_UNET = {"filters": 4, "depth": 2}
@@ -90,8 +89,8 @@ def test_time_budget_stops_on_time_with_a_usable_checkpoint(tmp_path):
     assert summary["rounds"] >= 2 and summary["overhead_share"] < 0.2
     rows = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
     assert len(rows) - 1 == summary["rounds"]
-    model = kseg.evaluation.KerasPredictor(result.best_path)
-    scores = kseg.evaluation.evaluate(model.model, kseg.data.load(str(data), "val")).scores
+    model = kseg.runtime.evaluation.KerasPredictor(result.best_path)
+    scores = kseg.runtime.evaluation.evaluate(model.model, kseg.data.load(str(data), "val")).scores
     assert scores["miou"] > 0.5  # bright discs on a dark background: learnt in seconds
 
 

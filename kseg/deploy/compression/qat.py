@@ -1,11 +1,11 @@
 """Quantization-aware training (QAT) of a Keras 3 kseg model through its tf_keras twin, and its int8 export.
 
-    info = kseg.compression.qat_to_litert(model, "model_qat.tflite", train, input_size=(257, 257), steps=500)
+    info = kseg.deploy.compression.qat_to_litert(model, "model_qat.tflite", train, input_size=(257, 257), steps=500)
 
 or step by step:
 
-    qat = kseg.compression.quantization_aware_training(model, train, (257, 257), steps=500)
-    kseg.compression.export_tf_keras(qat, "model_qat.tflite", "int8", calibration=train, training="qat")
+    qat = kseg.deploy.compression.quantization_aware_training(model, train, (257, 257), steps=500)
+    kseg.deploy.compression.export_tf_keras(qat, "model_qat.tflite", "int8", calibration=train, training="qat")
 """
 
 import re
@@ -15,10 +15,10 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
-from kseg import export
-from kseg.compression import bridge, tuning
+from kseg.deploy import litert
+from kseg.deploy.compression import bridge, tuning
+from kseg.deploy.modes import QAT_LEARNING_RATE, ExportSettings
 from kseg.errors import KsegError, first_line
-from kseg.modes import QAT_LEARNING_RATE, ExportSettings
 
 DEFAULTS = ExportSettings()
 
@@ -53,7 +53,7 @@ def _tfmot_error(model, error):
     if unsupported:
         return KsegError(f"{model.name}: layer {unsupported.group(1)!r} ({unsupported.group(2)}) cannot be "
                          "quantization-aware trained: tfmot has no QuantizeConfig for it (register one with "
-                         "kseg.compression.register_quantize_config)")
+                         "kseg.deploy.compression.register_quantize_config)")
     return KsegError(f"{model.name}: quantization-aware training is not possible: {first_line(error)}")
 
 
@@ -126,7 +126,7 @@ def quantization_aware_training(model, train_split, input_size=None, epochs=1, s
     input_size = bridge.static_input_size(model, input_size)
     twin = bridge.to_tf_keras(model, input_size)
     qat = quantize_twin(twin)
-    initialise_ranges(qat, twin, export.calibration_images(train_split, input_size, num_calibration))
+    initialise_ranges(qat, twin, litert.calibration_images(train_split, input_size, num_calibration))
     if freeze_batch_norm:
         tuning.freeze_batch_norm(getattr(wrapper, "layer", None) for wrapper in qat.layers)
     tuning.fit(qat, train_split, input_size, epochs, steps, batch_size, learning_rate, loss, callbacks, verbose,

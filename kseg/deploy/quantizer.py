@@ -1,11 +1,11 @@
 """Post-training quantization with Google's ai-edge-quantizer (AEQ): int4 weights, and mixed precision chosen by
 measurement.
 
-    info = kseg.quantizer.to_litert(model, "m_mixed.tflite", "mixed", (257, 257), calibration=train,
-                                    settings=kseg.modes.ExportSettings(max_drop=0.3))
+    info = kseg.deploy.quantizer.to_litert(model, "m_mixed.tflite", "mixed", (257, 257), calibration=train,
+                                    settings=kseg.deploy.modes.ExportSettings(max_drop=0.3))
     info["quantizer"]["promoted"]   # the ops that mixed kept in float, with what each measured
 
-Both modes start from kseg's builtins-only float32 LiteRT model (`kseg.export`), give it the serving signature
+Both modes start from kseg's builtins-only float32 LiteRT model (`kseg.deploy.litert`), give it the serving signature
 AEQ calibrates through, calibrate once on the calibration images (AEQ's moving-average ranges; the input range
 is pinned to [0, 255], so a uint8 input is the camera's bytes: scale 1, zero point 0) and let AEQ rewrite it:
 
@@ -17,13 +17,13 @@ is pinned to [0, 255], so a uint8 input is the camera's bytes: scale 1, zero poi
   0.28 MB).
 - `mixed`: full int8 (AEQ), then the ops whose int8 execution adds the most error are promoted to float (or
   to int16 activations, `promote="int16"`) until the mIoU drop from float32 on the calibration images is
-  within `max_drop` points, keeping the fewest (`kseg.mixed_precision.Search`). Float ops run on XNNPACK
+  within `max_drop` points, keeping the fewest (`kseg.deploy.mixed_precision.Search`). Float ops run on XNNPACK
   between a DEQUANTIZE and a QUANTIZE and cost little; int16 ops run on reference kernels (measured: 5
   promoted convolutions of a DeepLabV3+ MobileNetV2 at 128x128, 1 thread: float 2.5 ms, int16 61 ms, plain
   int8 1.4 ms). Measured on a kseg U-Net for MNI152 tissue at 224x192 with `max_drop=0`: one convolution (the
   first) kept in float, val mIoU float32 94.90, TensorFlow's int8 94.67, mixed 95.06, at int8's latency
   (5.5 ms against 5.8, float32 17.6).
-  The search is `kseg.mixed_precision`'s; reading the graph and naming its ops, `kseg.litert_graph`'s.
+  The search is `kseg.deploy.mixed_precision`'s; reading the graph and naming its ops, `kseg.deploy.litert_graph`'s.
 
 `float_ops` (op types such as RESIZE_BILINEAR) and `float_layers` (regular expressions searched in the op's
 output and weight tensor names, which carry the Keras layer names) stay in float in both modes.
@@ -35,9 +35,9 @@ import numpy as np
 from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
 from ai_edge_quantizer import quantizer as aeq
 
-from kseg import console, export, modes
-from kseg.errors import KsegError
-from kseg.litert_graph import (
+from kseg import console
+from kseg.deploy import litert, modes
+from kseg.deploy.litert_graph import (
     SIGNATURE,
     Denylist,
     float_ops_of,
@@ -48,7 +48,8 @@ from kseg.litert_graph import (
     weight_types,
     with_signature,
 )
-from kseg.mixed_precision import Search
+from kseg.deploy.mixed_precision import Search
+from kseg.errors import KsegError
 
 # An activation calibrated to a near-zero range (an untrained model's deep features: 1e-6 seen) gets a scale
 # so small that a fused ReLU6's 6.0 overflows int32 and LiteRT refuses the file ("no_integer_overflow_from_
@@ -66,7 +67,7 @@ def to_litert(model, path, mode, input_size, calibration, output="logits", io_dt
     """Writes `model` as a LiteRT file in an ai-edge-quantizer mode ("int4" or "mixed"); returns the sidecar dict.
 
     `calibration`: a `kseg.data.Split` (mixed scores on its images and masks) or, for int4, a list of float32
-    (1, H, W, 3) arrays. `settings` (a `kseg.modes.ExportSettings`): calibration images, and `max_drop`,
+    (1, H, W, 3) arrays. `settings` (a `kseg.deploy.modes.ExportSettings`): calibration images, and `max_drop`,
     `promote`, `float_ops`, `float_layers`. The sidecar's "quantizer" entry records the recipe, what stayed in
     float and why, and for mixed what the search measured; `extra` adds entries (what fine-tuned the model).
     """
@@ -79,9 +80,9 @@ def _to_litert(model, path, mode, input_size, calibration, output, io_dtype, set
                progress, extra):
     spec = modes.get(mode)
     if spec.converter != "aeq":
-        raise KsegError(f"export mode {mode!r} is TensorFlow's converter's: export it with kseg.export.to_litert")
+        raise KsegError(f"export mode {mode!r} is TensorFlow's converter's: use kseg.deploy.litert.to_litert")
     if spec.fine_tune is not None:
-        raise KsegError(f"export mode {mode!r} fine-tunes first: export it with kseg.stage.convert")
+        raise KsegError(f"export mode {mode!r} fine-tunes first: export it with kseg.deploy.stage.convert")
     if io_dtype not in modes.IO_DTYPES:
         raise KsegError(f"io_dtype must be one of {modes.IO_DTYPES}, got {io_dtype!r}")
     if calibration is None:
@@ -115,14 +116,14 @@ def _to_litert(model, path, mode, input_size, calibration, output, io_dtype, set
     record["recipe"] = _plain(aeq_quantizer(float_model, mode, io_dtype, denylist, promoted, settings.promote))
     record["in_float"] = [op.describe(model) for op in float_ops_of(quantized)]
     record["weights"] = weight_types(quantized)
-    return export.write_litert(quantized, path, model, mode, input_size, calibration, output,
+    return litert.write_litert(quantized, path, model, mode, input_size, calibration, output,
                                settings.num_calibration, class_names, source, origin,
                                extra={**(extra or {}), "quantizer": record})
 
 
 def float_flatbuffer(model, input_size, output="logits"):
     """kseg's builtins-only float32 LiteRT model (bytes) with a serving signature, as AEQ takes it."""
-    return with_signature(export.litert_flatbuffer(model, "float32", input_size, output=output))
+    return with_signature(litert.litert_flatbuffer(model, "float32", input_size, output=output))
 
 
 def aeq_quantizer(float_model, mode, io_dtype="uint8", denylist=None, promoted=(), promote="float"):
@@ -193,10 +194,10 @@ def quantize(target, ranges):
 
 
 def calibration_set(calibration, input_size, count=modes.ExportSettings.num_calibration, seed=0):
-    """(images, masks) at the input size (`kseg.export.calibration_pairs`); masks None for a list of images."""
+    """(images, masks) at the input size (`kseg.deploy.litert.calibration_pairs`); masks None for a list of images."""
     if isinstance(calibration, list):
         return calibration, None
-    return export.calibration_pairs(calibration, input_size, count, seed)
+    return litert.calibration_pairs(calibration, input_size, count, seed)
 
 
 def _plain(target):

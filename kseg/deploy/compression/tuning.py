@@ -4,10 +4,12 @@ import tensorflow as tf
 import tf_keras
 
 import kseg.data
-from kseg import export, files, recipe
+from kseg import files
 from kseg.data.source import IGNORE_LABEL
+from kseg.deploy import litert
+from kseg.deploy.litert import CALIBRATION_IMAGES
 from kseg.errors import KsegError
-from kseg.export import CALIBRATION_IMAGES
+from kseg.training import recipe
 
 
 class MaskedCrossEntropy(tf_keras.losses.Loss):
@@ -41,7 +43,7 @@ class MaskedCrossEntropy(tf_keras.losses.Loss):
 def fit(model, train_split, input_size, epochs, steps, batch_size, learning_rate, loss=None, callbacks=(), verbose=0,
         run_eagerly=False):
     """Fine-tunes a tf_keras model with Adam on `kseg.data.pipeline(train_split, ..., training=True)`, augmented
-    as `kseg.recipe.fine_tune` says for a short run on this data.
+    as `kseg.training.recipe.fine_tune` says for a short run on this data.
 
     `steps=None`: one pass over the split per epoch; `loss` defaults to `MaskedCrossEntropy()`.
     """
@@ -60,7 +62,7 @@ def check_classes(model, train_split):
 
 
 def batches(train_split, batch_size, input_size, repeat=True):
-    """Fine-tuning batches of `train_split` at `input_size`, augmented as `kseg.recipe.fine_tune` says for a
+    """Fine-tuning batches of `train_split` at `input_size`, augmented as `kseg.training.recipe.fine_tune` says for a
     short run on this data (QAT and pruning alike)."""
     augment = kseg.data.AUGMENTATIONS[recipe.fine_tune(train_split)["augment"]]
     return kseg.data.pipeline(train_split, batch_size, size=input_size, training=True, repeat=repeat, **augment)
@@ -79,7 +81,7 @@ def export_tf_keras(tf_keras_model, path, mode="float32", input_size=None, calib
                     origin=None):
     """Writes a tf_keras model (a QAT or pruned twin) as a builtins-only LiteRT file; returns the sidecar dict.
 
-    `kseg.export.to_litert` does the conversion, so its guarantees hold: builtin ops only, atomic
+    `kseg.deploy.litert.to_litert` does the conversion, so its guarantees hold: builtin ops only, atomic
     write, "int8" with uint8 I/O that takes raw pixels. A QAT model converts with the ranges it
     learned (calibration images only fill ranges it lacks). The sidecar adds "training" ("qat",
     "pruned" or None), "sparsity" when given, and for pruned models "gzip_bytes" (the download size).
@@ -91,7 +93,7 @@ def export_tf_keras(tf_keras_model, path, mode="float32", input_size=None, calib
                         f"{input_size[0]}x{input_size[1]}")
     if training == "qat" and mode != "int8":
         raise KsegError(f"a quantization-aware trained model exports as int8, not {mode}")
-    info = export.to_litert(tf_keras_model, path, mode, input_size=input_size, calibration=calibration,
+    info = litert.to_litert(tf_keras_model, path, mode, input_size=input_size, calibration=calibration,
                             output=output, num_calibration=num_calibration, class_names=class_names, source=source,
                             origin=origin)
     info["training"] = training
@@ -99,5 +101,5 @@ def export_tf_keras(tf_keras_model, path, mode="float32", input_size=None, calib
         info["sparsity"] = round(float(sparsity), 4)
     if training == "pruned":
         info["gzip_bytes"] = files.gzip_size(path)
-    export.write_sidecar(path, info)
+    litert.write_sidecar(path, info)
     return info

@@ -1,6 +1,6 @@
 """Conversion to ONNX: a Keras model to a float32 `.onnx` file for onnxruntime (or any ONNX runtime).
 
-    info = kseg.onnx_export.to_onnx(model, "model.onnx", input_size=(257, 257))
+    info = kseg.deploy.onnx_export.to_onnx(model, "model.onnx", input_size=(257, 257))
     kseg.runtime.OnnxModel("model.onnx").labels(image)     # uint8 (H, W) class map
 
 Keras 3 writes the file (`model.export(format="onnx")`, through tf2onnx under the TensorFlow backend);
@@ -10,7 +10,7 @@ inside the graph, uint8), makes tf2onnx's resizes give exactly the sizes TensorF
 (`exact_resize_sizes`: without it odd input sizes give files onnxruntime refuses), names the ops tf2onnx
 cannot convert, writes the file atomically and gives it the same JSON sidecar as a LiteRT artifact
 (classes, input size, normalisation, output, ops, provenance). `kseg export --modes onnx` and
-`kseg.stage` reach it through the `onnx` export mode.
+`kseg.deploy.stage` reach it through the `onnx` export mode.
 """
 
 import contextlib
@@ -22,7 +22,8 @@ import warnings
 
 import keras
 
-from kseg import export, files, modes, provenance
+from kseg import files, provenance
+from kseg.deploy import litert, modes
 from kseg.errors import ExportError, KsegError, first_line
 from kseg.runtime import OnnxModel
 
@@ -131,7 +132,7 @@ def to_onnx(model, path, input_size=(257, 257), output="logits", class_names=Non
         "provenance": origin if origin is not None else provenance.of_checkpoint(source, model),
         "kseg_version": provenance.version(),
     }
-    export.write_sidecar(path, info)
+    litert.write_sidecar(path, info)
     return info
 
 

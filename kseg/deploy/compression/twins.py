@@ -1,12 +1,12 @@
 """tf_keras twins of kseg's own layers (`kseg.models.blocks`, `kseg.models.backbones`), for the bridge.
 
-Importing `kseg.compression` registers them.
+Importing `kseg.deploy.compression` registers them.
 """
 
 import tensorflow as tf
 import tf_keras
 
-from kseg.compression.bridge import keras3_call_twin, register_quantize_config, register_twin, same_name_twin
+from kseg.deploy.compression.bridge import keras3_call_twin, register_quantize_config, register_twin, same_name_twin
 
 
 class StaticResize(tf_keras.layers.Layer):

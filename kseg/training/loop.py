@@ -4,13 +4,13 @@ run, the best checkpoint by validation mIoU, CSV and TensorBoard logs, and resum
 
     result = kseg.training.train(kseg.training.TrainConfig(data="my_folder", time_budget=120, out_dir="runs/a"))
 
-Settings left at None are chosen by `kseg.recipe.choose` from the data, printed, and stored in the run's
+Settings left at None are chosen by `kseg.training.recipe.choose` from the data, printed, and stored in the run's
 `config.json` (which `kseg train --config` takes back, to repeat a run). Keras "epochs" here are rounds
 of `val_every` steps: each round ends with a validation, a checkpoint and a backup, however few images
 there are. Run the same config again with the same `out_dir` after an interruption and it resumes from
 the last finished round (model, optimizer state, step and time spent included).
 
-`distribute="multiworker"` trains on several machines (`kseg.distribute`): the batch size is then per
+`distribute="multiworker"` trains on several machines (`kseg.training.distribute`): the batch size is then per
 worker, a step takes batch_size x workers images, and the chief alone writes `out_dir`.
 """
 
@@ -28,8 +28,9 @@ import keras
 import tensorflow as tf
 
 import kseg
-from kseg import distribute, files, provenance, recipe
+from kseg import files, provenance
 from kseg.errors import KsegError
+from kseg.training import distribute, recipe
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DISTRIBUTIONS = ("mirrored", "multiworker")
@@ -57,7 +58,7 @@ class TrainConfig:
     learning_rate: float | None = None  # None: 1e-3
     weight_decay: float = 0.0
     poly_power: float = 0.9
-    loss: str | None = None  # None: from the class balance (see kseg.recipe)
+    loss: str | None = None  # None: from the class balance (see kseg.training.recipe)
     augment: str | None = None  # "natural", "topdown" or "none"; None: from the images
     seed: int = 0
     mixed_precision: str | None = None  # "mixed_float16" (GPU) or "mixed_bfloat16" (recent CPUs, TPU)
@@ -123,7 +124,7 @@ class Schedule(keras.callbacks.Callback):
     round's step, seconds and learning rate go into the logs
     (log.csv), and `overhead` sums the seconds spent between rounds (validation, checkpoints, backups).
 
-    With several workers, `agree` (`kseg.distribute.Cluster.broadcast`) gives every worker the chief's
+    With several workers, `agree` (`kseg.training.distribute.Cluster.broadcast`) gives every worker the chief's
     progress after each step: all must use the same learning rate and stop at the same step, and a time
     budget read from each worker's own clock would disagree.
     """

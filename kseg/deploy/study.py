@@ -1,9 +1,9 @@
 """The quantization study: every way to shrink a trained model, measured side by side.
 
-    result = kseg.study.run("runs/x/best.keras", train, val, "study", input_size=(128, 128))
+    result = kseg.deploy.study.run("runs/x/best.keras", train, val, "study", input_size=(128, 128))
 
-For each LiteRT mode of `kseg.modes.MODES` (by default every one: the post-training modes, int4, mixed,
-the QAT modes, which fine-tune first, and the pruned ones) `kseg.stage` writes the LiteRT file and measures
+For each LiteRT mode of `kseg.deploy.modes.MODES` (by default every one: the post-training modes, int4, mixed,
+the QAT modes, which fine-tune first, and the pruned ones) `kseg.deploy.stage` writes the LiteRT file and measures
 its size (and gzip size), latency at each thread count, mIoU and the share of pixels whose label agrees with
 float32; the study adds the mIoU drop from float32 and the Pareto fronts (the modes nothing beats on both
 latency and mIoU, or on both size and mIoU), and writes `study.json`, `study.md` and `study.png` (latency and
@@ -21,8 +21,9 @@ import warnings
 
 import numpy as np
 
-from kseg import export, files, report, runtime, stage
-from kseg.modes import LITERT, ExportSettings
+from kseg import files, report, runtime
+from kseg.deploy import litert, stage
+from kseg.deploy.modes import LITERT, ExportSettings
 
 
 @dataclasses.dataclass
@@ -71,8 +72,8 @@ def layer_sensitivity(model, train, input_size, num_calibration=32, top=15):
     """
     import tensorflow as tf
 
-    images = export.calibration_images(train, tuple(input_size), num_calibration)
-    converter = export.litert_converter(model, "int8", input_size, images)
+    images = litert.calibration_images(train, tuple(input_size), num_calibration)
+    converter = litert.litert_converter(model, "int8", input_size, images)
     converter.inference_input_type = converter.inference_output_type = tf.float32  # the debugger feeds floats
     with warnings.catch_warnings():  # the debugger runs tf.lite.Interpreter inside; LiteRT has no debugger
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")

@@ -1,8 +1,8 @@
 """Evaluation of `.keras`, `.tflite` and `.onnx` models alike: confusion matrix, mIoU, per-class table.
 
-    result = kseg.evaluation.evaluate("runs/kseg/best.keras", kseg.data.load("synthetic", "val"))
+    result = kseg.runtime.evaluation.evaluate("runs/kseg/best.keras", kseg.data.load("synthetic", "val"))
     result.scores["miou"], result.table()
-    kseg.evaluation.agreement("best_float32.tflite", "best_onnx.onnx", kseg.data.load("synthetic", "val"))
+    kseg.runtime.evaluation.agreement("best_float32.tflite", "best_onnx.onnx", kseg.data.load("synthetic", "val"))
 """
 
 import dataclasses

@@ -1,15 +1,15 @@
 """Conversion: a Keras model to a builtins-only LiteRT file (post-training modes) or a SavedModel.
 
-    kseg.export.to_litert(model, "model_int8.tflite", mode="int8", input_size=(257, 257),
+    kseg.deploy.litert.to_litert(model, "model_int8.tflite", mode="int8", input_size=(257, 257),
                           calibration=train_split)
 
 LiteRT files use builtin ops only (what phones and microcontrollers run); a model that would need
 TensorFlow (Flex) ops fails with an ExportError naming them. Full-int8 models take uint8 RGB pixels
 (scale 1, zero point 0: feed the camera's bytes as they are) and return uint8. Every artifact gets
 a JSON sidecar (`<file>.json`) that says classes, input size, normalisation, output, quantization
-and provenance. Logit files also carry TFLite Model Metadata (`kseg.metadata`: RGB input in [0, 255],
+and provenance. Logit files also carry TFLite Model Metadata (`kseg.deploy.metadata`: RGB input in [0, 255],
 class names, softmax), so MediaPipe's ImageSegmenter runs them as they are. The modes that fine-tune
-first (QAT, pruning) are `kseg.stage`'s; running a file is `kseg.runtime`'s.
+first (QAT, pruning) are `kseg.deploy.stage`'s; running a file is `kseg.runtime`'s.
 """
 
 import os
@@ -20,7 +20,8 @@ import tempfile
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from kseg import console, files, metadata, modes, provenance
+from kseg import console, files, provenance
+from kseg.deploy import metadata, modes
 from kseg.errors import ExportError, KsegError, first_line
 from kseg.runtime import LiteRTModel
 
@@ -68,12 +69,12 @@ def litert_converter(model, mode="float32", input_size=(257, 257), calibration=N
                      num_calibration=CALIBRATION_IMAGES, io_dtype="uint8"):
     """A `tf.lite.TFLiteConverter` set up for a post-training `mode` with builtin ops only (what `to_litert` runs)."""
     if modes.get(mode).format != "litert":
-        raise KsegError(f"export mode {mode!r} does not write LiteRT: export it with kseg.stage.convert")
+        raise KsegError(f"export mode {mode!r} does not write LiteRT: export it with kseg.deploy.stage.convert")
     if modes.get(mode).fine_tune:
-        raise KsegError(f"export mode {mode!r} fine-tunes the model first: export it with kseg.stage.convert")
+        raise KsegError(f"export mode {mode!r} fine-tunes the model first: export it with kseg.deploy.stage.convert")
     if modes.get(mode).converter != "tflite":
-        raise KsegError(f"export mode {mode!r} is ai-edge-quantizer's: export it with kseg.stage.convert "
-                        "(or kseg.quantizer.to_litert)")
+        raise KsegError(f"export mode {mode!r} is ai-edge-quantizer's: export it with kseg.deploy.stage.convert "
+                        "(or kseg.deploy.quantizer.to_litert)")
     if output not in modes.OUTPUTS:
         raise KsegError(f"output must be one of {modes.OUTPUTS}, got {output!r}")
     if io_dtype not in modes.IO_DTYPES:
@@ -177,7 +178,7 @@ def write_litert(flatbuffer, path, model, mode, input_size, calibration=None, ou
 
 
 def _with_metadata(flatbuffer, class_names, channels):
-    """The file with TFLite metadata that MediaPipe's ImageSegmenter reads (`kseg.metadata`), and the
+    """The file with TFLite metadata that MediaPipe's ImageSegmenter reads (`kseg.deploy.metadata`), and the
     sidecar's record of it: what was embedded, or why nothing was (label-map outputs). Class names that do
     not match the output channels (two names for a one-logit binary model) are left out, not guessed."""
     reason = metadata.unsupported(flatbuffer)

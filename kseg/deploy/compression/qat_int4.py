@@ -4,19 +4,19 @@ Post-training int4 rounds each convolution kernel to 15 levels per output channe
 model many points (a kseg U-Net on MNI152 tissue: 94.9 -> 87.1 mIoU). Here the model is fine-tuned with
 those kernels rounded in the forward pass (straight-through estimator: Bengio et al. 2013; Jacob et al.
 2018, "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference"),
-so its float weights learn values that survive the rounding; `kseg.quantizer`'s int4 recipe then rounds
+so its float weights learn values that survive the rounding; `kseg.deploy.quantizer`'s int4 recipe then rounds
 them exactly as the fine-tune did:
 
 - per output channel, symmetric, levels -7..7 times max|w| / 7: AEQ's int4 grid;
 - the rounding of a kernel is unchanged by a positive or negative per-channel factor, so rounding the
   kernel before its batch norm is folded in equals rounding the folded kernel LiteRT stores;
 - only the convolutions the int4 recipe gives int4 weights are rounded (not its int8 ends, not the
-  denylisted ones); activations are not simulated: int8 activations cost little (see `kseg.quantizer`).
+  denylisted ones); activations are not simulated: int8 activations cost little (see `kseg.deploy.quantizer`).
 
 Plain Keras 3 (`keras.ops`, `model.fit`), no tf_keras bridge or tfmot: any kseg model fine-tunes.
 
-    tuned, record = kseg.compression.int4_aware_training(model, train, input_size=(192, 224))
-    kseg.stage.convert(tuned, "model_int4.tflite", "int4", (192, 224), train=train)
+    tuned, record = kseg.deploy.compression.int4_aware_training(model, train, input_size=(192, 224))
+    kseg.deploy.stage.convert(tuned, "model_int4.tflite", "int4", (192, 224), train=train)
 
 or in one step, `kseg export run/best.keras --modes qat_int4`.
 """
@@ -24,9 +24,10 @@ or in one step, `kseg export run/best.keras --modes qat_int4`.
 import keras
 from keras import ops
 
-from kseg import litert_graph, losses, modes, quantizer, recipe
-from kseg.compression import tuning
-from kseg.training import TrainConfig
+from kseg import losses
+from kseg.deploy import litert_graph, modes, quantizer
+from kseg.deploy.compression import tuning
+from kseg.training import TrainConfig, recipe
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -104,7 +105,7 @@ def int4_aware_training(model, train_split, input_size, steps=None, learning_rat
     did (steps, learning rate, batch size, loss, augmentation, the layers rounded and the int4 layers that
     could not be, last loss). `model` is not changed.
 
-    Loss and augmentation are those `kseg.recipe` picks for a short run on `train_split` (`recipe.fine_tune`);
+    Loss and augmentation are those `kseg.training.recipe` picks for a short run on `train_split` (`recipe.fine_tune`);
     batch size: default `settings.batch_size`; batch norm runs on its moving statistics (small fine-tuning
     batches would move a trained model's). `layers`: the Conv2D layers to round (default `int4_layers`: those
     the int4 recipe makes int4; `()` fine-tunes the same way without rounding, a control).

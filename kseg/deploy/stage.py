@@ -1,11 +1,11 @@
 """The export stage: a trained model in, evaluated and timed LiteRT or ONNX artifacts out, each with a manifest entry.
 
-    results = kseg.stage.export_checkpoint("runs/kseg/best.keras", "artifacts", ["float32", "int8"],
+    results = kseg.deploy.stage.export_checkpoint("runs/kseg/best.keras", "artifacts", ["float32", "int8"],
                                            train=train, val=val, threads=(2,))
-    kseg.stage.write_manifest("artifacts", results)     # manifest.json and report.md
+    kseg.deploy.stage.write_manifest("artifacts", results)     # manifest.json and report.md
 
 `export_artifact` is the one path from a model to an artifact: convert in any mode of
-`kseg.modes.MODES` (fine-tuning first for QAT and pruning), then evaluate on `val`, time at each
+`kseg.deploy.modes.MODES` (fine-tuning first for QAT and pruning), then evaluate on `val`, time at each
 thread count and compare with a reference artifact, each when asked. `kseg export`,
 `kseg quantize-study`, `export/run.py` and `kseg demo` all produce their artifacts through it, and
 name them alike: `<stem>_<mode>.tflite` (`<stem>_onnx.onnx` for the ONNX mode), with a JSON sidecar.
@@ -14,9 +14,11 @@ name them alike: `<stem>_<mode>.tflite` (`<stem>_onnx.onnx` for the ONNX mode), 
 import dataclasses
 import os
 
-from kseg import bench, evaluation, export, files, modes, provenance, report, runtime
+from kseg import files, provenance, report, runtime
+from kseg.deploy import litert, modes
 from kseg.errors import KsegError
-from kseg.evaluation import EvaluationResult
+from kseg.runtime import bench, evaluation
+from kseg.runtime.evaluation import EvaluationResult
 
 
 def convert(model, path, mode, input_size, train=None, settings=None, source=None, output="logits", io_dtype="uint8",
@@ -24,9 +26,9 @@ def convert(model, path, mode, input_size, train=None, settings=None, source=Non
     """Writes `model` in any export mode (a LiteRT file, or an ONNX file for "onnx"); returns its sidecar dict.
 
     `train` (a `kseg.data.Split`) calibrates int8 ranges and fine-tunes the QAT and pruned modes, as
-    `settings` (a `kseg.modes.ExportSettings`) says; the ai-edge-quantizer modes (int4, mixed, and qat_int4
-    after `kseg.compression.int4_aware_training`) are `kseg.quantizer`'s, and mixed chooses its float ops on
-    those calibration images.
+    `settings` (a `kseg.deploy.modes.ExportSettings`) says; the ai-edge-quantizer modes (int4, mixed, and qat_int4
+    after `kseg.deploy.compression.int4_aware_training`) are `kseg.deploy.quantizer`'s, and mixed chooses its float
+    ops on those calibration images.
     """
     spec = modes.get(mode)
     settings = settings or modes.ExportSettings()
@@ -36,18 +38,18 @@ def convert(model, path, mode, input_size, train=None, settings=None, source=Non
     common = dict(class_names=class_names or (train.class_names if train is not None else None), source=source,
                   num_calibration=settings.num_calibration, output=output, origin=origin)
     if spec.format == "onnx":
-        from kseg import onnx_export
+        from kseg.deploy import onnx_export
 
         return onnx_export.to_onnx(model, path, input_size, output, common["class_names"], source, origin)
     learning_rate = settings.qat_learning_rate
     if spec.fine_tune == "qat" and learning_rate is None:
         learning_rate = modes.QAT_LEARNING_RATE[spec.quantization]
     if spec.converter == "aeq":
-        from kseg import quantizer
+        from kseg.deploy import quantizer
 
         tuning = None
         if spec.fine_tune == "qat":
-            from kseg.compression import qat_int4
+            from kseg.deploy.compression import qat_int4
 
             model, tuning = qat_int4.int4_aware_training(model, train, input_size, learning_rate=learning_rate,
                                                          settings=settings, verbose=0)
@@ -55,9 +57,9 @@ def convert(model, path, mode, input_size, train=None, settings=None, source=Non
         return quantizer.to_litert(model, path, spec.quantization, input_size, train, output, io_dtype, settings,
                                    common["class_names"], source, origin, extra=extra)
     if spec.fine_tune is None:
-        return export.to_litert(model, path, spec.quantization, input_size, calibration=train, io_dtype=io_dtype,
+        return litert.to_litert(model, path, spec.quantization, input_size, calibration=train, io_dtype=io_dtype,
                                 **common)
-    from kseg import compression
+    from kseg.deploy import compression
 
     if spec.fine_tune == "qat":
         return compression.qat_to_litert(model, path, train, input_size, steps=settings.qat_steps,
@@ -76,7 +78,7 @@ class StageResult:
     path: str
     info: dict  # the sidecar
     evaluation: EvaluationResult | None = None
-    latency: dict = dataclasses.field(default_factory=dict)  # str(threads) -> kseg.bench.benchmark statistics
+    latency: dict = dataclasses.field(default_factory=dict)  # str(threads) -> kseg.runtime.bench.benchmark statistics
     agreement: float | None = None  # share of pixels whose label agrees with the reference artifact
     source: str | None = None
 

@@ -63,7 +63,7 @@ class ArtifactModel:
 
     A subclass opens the file and sets `path`, `input` and `output` (dicts: index or name, shape, dtype,
     quantization), and implements `set_input` (an array of the input's dtype and shape), `invoke` and
-    `get_output`; `run`, `logits` and `labels` are built on them, and `kseg.bench` times each step.
+    `get_output`; `run`, `logits` and `labels` are built on them, and `kseg.runtime.bench` times each step.
     """
 
     def _describe(self):
@@ -171,7 +171,7 @@ class OnnxModel(ArtifactModel):
     The input is float32 pixels; `set_input` binds the array as the input (an IO binding: onnxruntime
     wraps a CPU array without copying it), `invoke` runs the graph and `get_output` copies the output
     out, so each step can be timed. `profile=True` makes onnxruntime record every node's time
-    (`kseg.bench` reads it).
+    (`kseg.runtime.bench` reads it).
     """
 
     def __init__(self, path, num_threads=None, profile=False):

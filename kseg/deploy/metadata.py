@@ -1,7 +1,7 @@
 """TFLite Model Metadata in kseg's `.tflite` files, so that MediaPipe Tasks' ImageSegmenter runs them as they are.
 
-    kseg.metadata.write("model_int8.tflite", ["background", "disc", "square"])  # kseg.export does it for you
-    kseg.metadata.read("model_int8.tflite")
+    kseg.deploy.metadata.write("model_int8.tflite", ["background", "disc", "square"])  # kseg.deploy.litert does it
+    kseg.deploy.metadata.read("model_int8.tflite")
     # {"name": "ImageSegmenter", "min_parser_version": "1.5.0", "color_space": "RGB",
     #  "normalization": {"mean": [0.0], "std": [1.0]}, "input_range": [0.0, 255.0],
     #  "labels": ["background", "disc", "square"], "activation": "SOFTMAX"}

@@ -1,6 +1,6 @@
 """Per-op times of a `.tflite` file from LiteRT's own profiler (what `benchmark_model --enable_op_profiling` prints).
 
-    rows = kseg.litert_profile.op_times("model_int8.tflite", num_threads=2, runs=20)
+    rows = kseg.runtime.profiler.op_times("model_int8.tflite", num_threads=2, runs=20)
     # [{"op": "Delegate/Fully Connected (NC, QS8, QC8W) GEMM", "nodes": 43, "ms": 5.5, "share": 0.44}, ...]
 
 ai_edge_litert's Python `Interpreter` has no profiler, and its `CompiledModel` wrapper cannot turn one on.
@@ -12,7 +12,7 @@ buffers between `LiteRtStartProfiler` and `LiteRtStopProfiler`) and parses the "
 table. Names are the runtime's: "Delegate/..." are XNNPACK operators (it runs 1x1 convolutions as
 "Fully Connected" GEMMs, depthwise ones as "DWConv"), plain names (QUANTIZE) are ops XNNPACK left to
 LiteRT's own kernels. The profiler's own bookkeeping makes the runs slower than unprofiled ones: trust
-the shares, and `kseg.bench` for the latency.
+the shares, and `kseg.runtime.bench` for the latency.
 """
 
 import ctypes

@@ -3,7 +3,7 @@ the mIoU drop from float32 stays within a bound, keeping the fewest; measured, n
 
 Sensitivity is measured on AEQ's own int8 model (`sensitivity`): every tensor of the int8 model against the
 float model on the same images, and for each op the error it adds, its output's relative error minus its
-inputs'. TensorFlow's QuantizationDebugger (`kseg.study.layer_sensitivity`) feeds each op the dequantized int8
+inputs'. TensorFlow's QuantizationDebugger (`kseg.deploy.study.layer_sensitivity`) feeds each op the dequantized int8
 inputs, so it cannot see what quantizing an op's input loses (a tensor whose range one channel dominates);
 this measure charges that loss to the op that consumes the tensor.
 
@@ -18,9 +18,10 @@ import tempfile
 import numpy as np
 from ai_edge_quantizer.utils import tfl_interpreter_utils
 
-from kseg import metrics, modes
+from kseg import metrics
+from kseg.deploy import modes
+from kseg.deploy.litert_graph import SIGNATURE, input_name, no_debug_warning, quantized_tensors
 from kseg.errors import KsegError
-from kseg.litert_graph import SIGNATURE, input_name, no_debug_warning, quantized_tensors
 from kseg.runtime import LiteRTModel, labels_from_logits
 
 SENSITIVITY_IMAGES = 8  # images that rank ops (reference kernels, every tensor kept)

@@ -2,10 +2,10 @@
 Keras layers behind them, what stays in float, and the rewrites AEQ needs (a serving signature) or leaves
 (weights appended after the flatbuffer).
 
-    graph = kseg.litert_graph.ops(flatbuffer)             # Op(index, name="CONV_2D", scope, inputs, outputs, ...)
+    graph = kseg.deploy.litert_graph.ops(flatbuffer)      # Op(index, name="CONV_2D", scope, inputs, outputs, ...)
     graph[0].describe(model)                               # {"op", "tensor", "layer"}
-    kseg.litert_graph.weight_types(quantized)              # {"int4": 13, "int8": 2}
-    kseg.litert_graph.Denylist.of(settings, graph).covered # the ops --float-ops / --float-layers name
+    kseg.deploy.litert_graph.weight_types(quantized)              # {"int4": 13, "int8": 2}
+    kseg.deploy.litert_graph.Denylist.of(settings, graph).covered # the ops --float-ops / --float-layers name
 """
 
 import contextlib
@@ -18,8 +18,8 @@ from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.tools import flatbuffer_utils
 from ai_edge_quantizer.utils import tfl_interpreter_utils
 
+from kseg.deploy.metadata import AlignedBuffer
 from kseg.errors import KsegError
-from kseg.metadata import AlignedBuffer
 
 SIGNATURE = "serving_default"  # AEQ runs a model through a signature; kseg's converter writes none
 _WEIGHT_TYPES = {getattr(tfl.TensorType, name): name.lower() for name in ("FLOAT32", "FLOAT16", "INT8", "INT4",
@@ -132,7 +132,7 @@ class Denylist:
 def inline_buffers(flatbuffer):
     """The model with every buffer inside the flatbuffer, 16-byte aligned. AEQ appends the weights of models
     over 256 KB after the flatbuffer (offset and size, the format of models over 2 GB), which LiteRT runs
-    but TFLite's metadata tools (`kseg.metadata`) do not take."""
+    but TFLite's metadata tools (`kseg.deploy.metadata`) do not take."""
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     if not any(buffer.offset > 1 for buffer in model.buffers or []):
         return flatbuffer

@@ -1,6 +1,6 @@
 """Magnitude pruning of a Keras 3 kseg model through its tf_keras twin, and its LiteRT export.
 
-    info = kseg.compression.prune_to_litert(model, "model_pruned.tflite", train, (257, 257), sparsity=0.5)
+    info = kseg.deploy.compression.prune_to_litert(model, "model_pruned.tflite", train, (257, 257), sparsity=0.5)
 """
 
 import numpy as np
@@ -9,8 +9,8 @@ import tf_keras
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
-from kseg import modes
-from kseg.compression import bridge, tuning
+from kseg.deploy import modes
+from kseg.deploy.compression import bridge, tuning
 from kseg.errors import KsegError
 
 DEFAULTS = modes.ExportSettings()
@@ -25,7 +25,7 @@ def prune(model, train_split, input_size=None, target_sparsity=DEFAULTS.sparsity
     depthwise) go from no zeros to `target_sparsity` along a polynomial schedule over the first three
     quarters of the `epochs` x `steps` batches, then fine-tune with their masks fixed. Layers named in
     `exclude` stay dense. The returned sparsity is the measured share of zeros in the pruned kernels.
-    `loss`, `freeze_batch_norm` and `run_eagerly` as in `kseg.compression.quantization_aware_training`.
+    `loss`, `freeze_batch_norm` and `run_eagerly` as in `kseg.deploy.compression.quantization_aware_training`.
     """
     if not 0 <= target_sparsity < 1:
         raise KsegError(f"target sparsity must be in [0, 1), got {target_sparsity!r}")

@@ -2,12 +2,12 @@
 
 tensorflow-model-optimization (tfmot) only takes tf_keras models. `to_tf_keras` rebuilds a Keras 3
 model at a fixed input size, copies the weights and checks that both give the same outputs; QAT
-(`kseg.compression.qat`) and pruning (`kseg.compression.pruning`) then run on that twin:
+(`kseg.deploy.compression.qat`) and pruning (`kseg.deploy.compression.pruning`) then run on that twin:
 
-    twin = kseg.compression.to_tf_keras(model, input_size=(257, 257))
+    twin = kseg.deploy.compression.to_tf_keras(model, input_size=(257, 257))
 
 Each Keras 3 layer becomes the tf_keras layer of the same class name with a translated config. Other
-layers (kseg's own, see `kseg.compression.twins`) plug in with `register_twin`; a tf_keras layer that
+layers (kseg's own, see `kseg.deploy.compression.twins`) plug in with `register_twin`; a tf_keras layer that
 tfmot cannot quantize gets a QuantizeConfig with `register_quantize_config`.
 """
 
@@ -111,10 +111,10 @@ register_quantize_config(Keras3Call)
 
 
 def keras3_call_twin(layer, args, kwargs):
-    """A twin for weightless custom layers: `register_twin("MyLayer")(kseg.compression.keras3_call_twin)`."""
+    """A twin for weightless custom layers: `register_twin("MyLayer")(kseg.deploy.compression.keras3_call_twin)`."""
     if layer.weights:
         raise KsegError(f"layer {layer.name!r} ({type(layer).__name__}) has weights: it needs a tf_keras twin "
-                        "that holds them (register one with kseg.compression.register_twin)")
+                        "that holds them (register one with kseg.deploy.compression.register_twin)")
     return Keras3Call(layer, name=layer.name), args, kwargs
 
 
@@ -199,7 +199,7 @@ def _rebuild(model, input_size):
             built = _TWINS.get(kind, same_name_twin)(op, args, kwargs)
             if built is None:
                 raise KsegError(f"layer {op.name!r} ({kind}) has no tf_keras twin; register one with "
-                                "kseg.compression.register_twin")
+                                "kseg.deploy.compression.register_twin")
             twin_layer, args, kwargs = built
             if id(op) in twins:
                 twin_layer = twins[id(op)]

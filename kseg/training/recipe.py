@@ -1,7 +1,7 @@
 """What `kseg train` chooses when the user leaves a setting out: the choices a careful practitioner makes
 after one look at the data, each with the reason, so a run says what it did and can be repeated.
 
-    choices = kseg.recipe.choose(config, train_split)
+    choices = kseg.training.recipe.choose(config, train_split)
     for field, choice in choices.items(): print(field, choice.value, choice.reason)
 
 Only settings left at None (or "auto" for the model) are chosen; a value the user gave is kept

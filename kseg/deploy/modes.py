@@ -1,15 +1,15 @@
 """The export modes, in one table, and the settings of the modes that calibrate or fine-tune.
 
 Plain data without TensorFlow, so the command line can list the modes and their defaults cheaply.
-`kseg.export` converts with a mode's `quantization` (`kseg.onnx_export` writes the ONNX format;
-`kseg.quantizer` the modes whose `converter` is Google's ai-edge-quantizer); `kseg.stage` runs the
+`kseg.deploy.litert` converts with a mode's `quantization` (`kseg.deploy.onnx_export` writes the ONNX format;
+`kseg.deploy.quantizer` the modes whose `converter` is Google's ai-edge-quantizer); `kseg.deploy.stage` runs the
 fine-tuning first.
 
-    kseg.modes.MODES["qat_int8"].fine_tune   # "qat"
-    kseg.modes.MODES["onnx"].suffix          # ".onnx"
-    kseg.modes.MODES["mixed"].converter      # "aeq" (ai-edge-quantizer)
-    kseg.modes.MODES["qat_int4"].quantization  # "int4": fine-tuned, then converted as the int4 mode
-    kseg.modes.POST_TRAINING                 # ("float32", "float16", "dynamic", "int8", "int16x8")
+    kseg.deploy.modes.MODES["qat_int8"].fine_tune   # "qat"
+    kseg.deploy.modes.MODES["onnx"].suffix          # ".onnx"
+    kseg.deploy.modes.MODES["mixed"].converter      # "aeq" (ai-edge-quantizer)
+    kseg.deploy.modes.MODES["qat_int4"].quantization  # "int4": fine-tuned, then converted as the int4 mode
+    kseg.deploy.modes.POST_TRAINING                 # ("float32", "float16", "dynamic", "int8", "int16x8")
 """
 
 import dataclasses
@@ -64,7 +64,7 @@ MODES = {row[0]: ExportMode(*row) for row in _TABLE}
 LITERT = tuple(name for name, mode in MODES.items() if mode.format == "litert")  # the quantization study's default
 # TensorFlow's LiteRT conversions without fine-tuning (what a pruned model can be converted with, too).
 POST_TRAINING = tuple(name for name in LITERT if MODES[name].fine_tune is None and MODES[name].converter == "tflite")
-AEQ = tuple(name for name, mode in MODES.items() if mode.converter == "aeq")  # kseg.quantizer's modes
+AEQ = tuple(name for name, mode in MODES.items() if mode.converter == "aeq")  # kseg.deploy.quantizer's modes
 # QAT's Adam learning rate by target: int8 adapts without drifting; int4 weights must cross levels 1/7 of a
 # channel's range apart (MNI152 U-Net, 300 steps: 1e-4 recovers all of post-training int4's loss, 1e-3 less)
 QAT_LEARNING_RATE = {"int8": 1e-5, "int4": 1e-4}

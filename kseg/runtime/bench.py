@@ -1,12 +1,12 @@
 """Latency of an artifact as an engineer measures it: `.tflite` (LiteRT, XNNPACK), `.onnx` (onnxruntime) or `.keras`.
 
-    stats = kseg.bench.benchmark("model_int8.tflite", threads=2)
+    stats = kseg.runtime.bench.benchmark("model_int8.tflite", threads=2)
     stats["mean_ms"]                  # one call as an app makes it: copy in, invoke, copy out
     stats["invoke"]["mean_ms"]        # the interpreter's invoke alone
     stats["input_copy"]["mean_ms"], stats["output_copy"]["mean_ms"]   # set_tensor, get_tensor
     stats["quantize"]["mean_ms"], stats["dequantize"]["mean_ms"]      # float <-> the file's integer types
     stats["init_ms"], stats["first_run_ms"], stats["peak_rss_growth_mb"]
-    kseg.bench.benchmark("model_int8.tflite", ops=True)["ops"][:3]   # the op types that take the most time
+    kseg.runtime.bench.benchmark("model_int8.tflite", ops=True)["ops"][:3]   # the op types that take the most time
 
 Each timed call is split with one clock into its steps (`STEPS`): quantize (the float32 image to the
 input's integer type, where it has one), input copy (`set_tensor`; onnxruntime: binding the array),
@@ -20,7 +20,7 @@ the load, allocation and runs added; `rss_growth_mb` is what stays after them. B
 `/proc` is missing. In one process a second model can reuse what an earlier one freed and skip the
 runtime's start-up: `fresh_process=True` (`kseg bench --fresh-process`) measures as an app that starts
 with the model. `ops=True` adds per-op-type times from the runtime's own profiler: LiteRT's (see
-`kseg.litert_profile`) or onnxruntime's.
+`kseg.runtime.profiler`) or onnxruntime's.
 """
 
 import json
@@ -151,16 +151,16 @@ def _in_fresh_process(**arguments):
 
 
 RUNTIMES = {".tflite": "ai_edge_litert (XNNPACK)", ".onnx": "onnxruntime (CPU)", ".keras": "Keras"}
-OP_SOURCES = {".tflite": "LiteRT profiler (C API, kseg.litert_profile)", ".onnx": "onnxruntime profiler"}
+OP_SOURCES = {".tflite": "LiteRT profiler (C API, kseg.runtime.profiler)", ".onnx": "onnxruntime profiler"}
 
 
 def op_times(path, threads=2, runs=20, warmup=2):
     """Per op type of a `.tflite` or `.onnx` file: {"op", "nodes", "ms" (per run), "share"}, slowest first."""
     if path.lower().endswith(".onnx"):
         return onnx_op_times(path, threads, runs, warmup)
-    from kseg import litert_profile
+    from kseg.runtime import profiler
 
-    return litert_profile.op_times(path, threads, runs, warmup)
+    return profiler.op_times(path, threads, runs, warmup)
 
 
 def onnx_op_times(path, threads=2, runs=20, warmup=2):
