@@ -19,12 +19,15 @@ and one add, i.e. 2 FLOPs. For each call of a layer, with H_out x W_out output p
 - Conv1D/2D/3DTranspose: *input* positions * kernel elements * C_in * C_out (every input pixel
   scatters a full kernel), the usual convention.
 - Dense: input positions (every axis but the last) * input features * units.
+- A layer with a `macs(input_shapes, output_shape)` method (a custom layer that computes with
+  `keras.ops`, e.g. SegFormer's `EfficientAttention`): what that method returns. `input_shapes` is a
+  tuple of shapes when the layer takes a list of tensors.
 
 Ignored, because they are not multiply-accumulates or are negligible next to convolutions: biases,
 batch normalisation (folded into the convolution at export), activations, additions and other
 elementwise ops, pooling, resizing (UpSampling2D, ResizeLike), concatenation, padding, and any layer
 type not listed above (EinsumDense, attention, recurrent layers, custom layers that compute with
-`keras.ops` directly). Works on every Keras 3 backend.
+`keras.ops` directly and declare no `macs`). Works on every Keras 3 backend.
 """
 
 import dataclasses
@@ -192,6 +195,8 @@ def _leaf_layers(model):
 
 
 def _rule(layer):
+    if callable(getattr(layer, "macs", None)):
+        return "declared"
     for rule, classes in _RULES:
         if isinstance(layer, classes):
             return rule
@@ -204,7 +209,8 @@ def _record_calls(layer, rule, calls):
 
     def call(inputs, *args, **kwargs):
         outputs = original(inputs, *args, **kwargs)
-        in_shape, out_shape = _shape(inputs), _shape(outputs)
+        in_shape = tuple(map(_shape, inputs)) if isinstance(inputs, (list, tuple)) else _shape(inputs)
+        out_shape = _shape(outputs)
         calls.append(LayerCount(layer.name, type(layer).__name__, _macs(layer, rule, in_shape, out_shape),
                                 in_shape, out_shape))
         return outputs
@@ -235,6 +241,8 @@ def _split(layer, shape):
 
 
 def _macs(layer, rule, in_shape, out_shape):
+    if rule == "declared":
+        return int(layer.macs(in_shape, out_shape))
     if rule == "dense":
         return _product(in_shape[:-1]) * in_shape[-1] * out_shape[-1]
     batch, in_spatial, c_in = _split(layer, in_shape)

@@ -14,10 +14,11 @@ from kseg.models.fcn import fcn8s, fcn16s, fcn32s
 from kseg.models.hrnet import hrnet
 from kseg.models.refinenet import refinenet
 from kseg.models.registry import architecture, get, names, register
+from kseg.models.segformer import segformer
 from kseg.models.segnet import segnet
 from kseg.models.unet import unet
 
 __all__ = [
     "architecture", "backbones", "blocks", "deeplabv3", "deeplabv3plus", "fcn8s", "fcn16s", "fcn32s", "get",
-    "hrnet", "names", "refinenet", "register", "segnet", "unet",
+    "hrnet", "names", "refinenet", "register", "segformer", "segnet", "unet",
 ]

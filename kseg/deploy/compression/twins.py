@@ -51,6 +51,18 @@ def _crop_like_twin(layer, args, kwargs):
 
 register_twin("ReverseChannels")(keras3_call_twin)  # kseg.models.backbones: RGB -> BGR (REVERSE_V2)
 register_twin("MaxUnpooling2D")(keras3_call_twin)  # kseg.models.blocks: SegNet's unpooling (builtins only)
+register_twin("EfficientAttention")(keras3_call_twin)  # kseg.models.segformer: weightless attention (4-D at most)
+
+
+@register_twin("LayerNormalization")
+def _layer_norm_twin(layer, args, kwargs):
+    """keras.layers.LayerNormalization and kseg.models.segformer's (written out for int16x8) become tf_keras's."""
+    return same_name_twin(layer, args, kwargs, subclasses=True)
+
+
+# tfmot has no QuantizeConfig for LayerNormalization (SegFormer's): its output is fake-quantized, gamma and beta
+# stay float in the fine-tune and the int8 converter calibrates the ops it lowers to, as after training.
+register_quantize_config("LayerNormalization")
 
 
 @register_twin("BatchNormalization")
