@@ -8,10 +8,12 @@ returns per-pixel logits of the same height and width.
 """
 
 from kseg.models import backbones, blocks
+from kseg.models.ddrnet import ddrnet
 from kseg.models.deeplabv3 import deeplabv3
 from kseg.models.deeplabv3plus import deeplabv3plus
 from kseg.models.fcn import fcn8s, fcn16s, fcn32s
 from kseg.models.hrnet import hrnet
+from kseg.models.lraspp import lraspp
 from kseg.models.refinenet import refinenet
 from kseg.models.registry import architecture, get, names, register
 from kseg.models.segformer import segformer
@@ -19,6 +21,6 @@ from kseg.models.segnet import segnet
 from kseg.models.unet import unet
 
 __all__ = [
-    "architecture", "backbones", "blocks", "deeplabv3", "deeplabv3plus", "fcn8s", "fcn16s", "fcn32s", "get",
-    "hrnet", "names", "refinenet", "register", "segformer", "segnet", "unet",
+    "architecture", "backbones", "blocks", "ddrnet", "deeplabv3", "deeplabv3plus", "fcn8s", "fcn16s", "fcn32s", "get",
+    "hrnet", "lraspp", "names", "refinenet", "register", "segformer", "segnet", "unet",
 ]

@@ -70,3 +70,38 @@ def _batch_norm_twin(layer, args, kwargs):
     """keras.layers.BatchNormalization and kseg's (which only trains faster) both become tf_keras's."""
     return same_name_twin(layer, args, kwargs, subclasses=True)
 
+
+class HardActivation(tf_keras.layers.Layer):
+    """tf_keras twin of a Keras 3 `Activation("hard_sigmoid" | "hard_swish")` (MobileNetV3's): tf_keras has no
+    hard_swish and its hard_sigmoid is another function (slope 0.2, not Keras 3's relu6(x + 3) / 6), and
+    tfmot quantizes neither `Activation`; this layer's output is fake-quantized (OutputQuantizeConfig)."""
+
+    FUNCTIONS = {
+        "hard_sigmoid": lambda x: tf.nn.relu6(x + 3.0) / 6.0,
+        "hard_silu": lambda x: x * tf.nn.relu6(x + 3.0) / 6.0,  # Keras 3 saves hard_swish under this name
+    }
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activation
+
+    def call(self, x):
+        return self.FUNCTIONS[self.activation](x)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
+
+
+register_quantize_config(HardActivation)
+
+
+@register_twin("Activation")
+def _activation_twin(layer, args, kwargs):
+    activation = layer.get_config()["activation"]
+    if activation in HardActivation.FUNCTIONS:
+        return HardActivation(activation, name=layer.name), args, kwargs
+    return same_name_twin(layer, args, kwargs)
+
+
+# tfmot 0.8.1 quantizes Add but not Multiply (MobileNetV3's squeeze-excite, LR-ASPP's gate): its output suffices.
+register_quantize_config("Multiply")

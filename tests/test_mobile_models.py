@@ -1,0 +1,226 @@
+"""LR-ASPP and DDRNet: parameter counts and MACs against the reference numbers, the features each taps (odd sizes
+too), DDRNet's auxiliary head, argument errors, conv -> BN -> activation for tfmot, and float32 LiteRT files that
+use only ops TFLite's GPU delegate runs. The registry's contract tests (tests/test_models.py and the export tests)
+cover both models as well; these are what is specific to them. Runs under TensorFlow and JAX."""
+
+import contextlib
+import inspect
+import io
+
+import keras
+import numpy as np
+import pytest
+from conftest import requires_tensorflow
+
+import kseg
+from kseg import complexity
+
+# Parameter counts do not depend on the backend, and JAX compiles each new weight shape's initializer: the full
+# width models are counted under TensorFlow only.
+TENSORFLOW_ONLY = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                     reason="backend-independent; slow to build under JAX")
+
+
+def trainable_params(model):
+    """PyTorch's parameter count: batch norm's moving statistics are buffers there, not parameters."""
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def pixels(size, batch=1, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (batch, *size, 3)).astype("float32")
+
+
+# LR-ASPP ------------------------------------------------------------------------------------------
+
+
+@TENSORFLOW_ONLY
+def test_lraspp_has_torchvisions_parameters_and_macs():
+    """torchvision's lraspp_mobilenet_v3_large (21 classes) lists 3,221,538 parameters and 2.09 GFLOPS (its
+    "FLOPS" count multiply-accumulates) at 520x520. kseg builds the same graph: equal within 0.1% and 1%.
+    `count_params()` also counts batch norm's moving mean and variance (24,656 more, 0.8%)."""
+    model = kseg.models.lraspp(21)
+    assert trainable_params(model) == pytest.approx(3_221_538, rel=1e-3)
+    assert model.count_params() == pytest.approx(3_221_538, rel=1e-2)
+    assert complexity.count_macs(model, (520, 520)) / 1e9 == pytest.approx(2.09, rel=1e-2)
+
+
+@pytest.mark.parametrize("backbone, low_channels, high_channels", [
+    ("mobilenetv3_large", 40, 960), ("mobilenetv3_small", 24, 576)])
+def test_lraspp_taps_torchvisions_features(backbone, low_channels, high_channels):
+    """Low level: the output of the block that reaches stride 8 (torchvision's C2); high level: the last 1x1
+    convolution at stride 16. Odd sizes round up: ceil(65 / 8) = 9, ceil(67 / 16) = 5."""
+    model = kseg.models.lraspp(5, input_shape=(65, 67, 3), backbone=backbone)
+    low = model.get_layer("low_classifier").input
+    high = model.get_layer("head_cbr_conv").input
+    assert tuple(low.shape[1:]) == (9, 9, low_channels)
+    assert tuple(high.shape[1:]) == (5, 5, high_channels)
+    assert tuple(model.get_layer("head_scale_pool").output.shape[1:]) == (1, 1, high_channels)  # a global gate
+    assert tuple(model.get_layer("head_upsample").output.shape[1:]) == (9, 9, 128)
+    assert tuple(model.output.shape[1:]) == (65, 67, 5)
+
+
+def test_lraspp_dilates_the_last_stage_at_output_stride_16():
+    model = kseg.models.get("lraspp", 3, tiny=True)
+    assert model.get_layer("expanded_conv_12_depthwise").strides == (1, 1)  # the stride-32 block keeps stride 1
+    assert model.get_layer("expanded_conv_13_depthwise").dilation_rate == (2, 2)
+
+
+# DDRNet -------------------------------------------------------------------------------------------
+
+# Paper, table 4 (Cityscapes, 1024x2048 input): DDRNet-23-slim 5.7 M parameters and 36.3 "GFLOPs", DDRNet-23
+# 20.1 M and 143.1 (multiply-accumulates, as kseg.complexity counts them). Both counts within 1%.
+DDRNET_PAPER = {"23-slim": (5.7e6, 36.3e9), "23": (20.1e6, 143.1e9)}
+
+
+@pytest.mark.parametrize("variant", ["23-slim", pytest.param("23", marks=TENSORFLOW_ONLY)])
+def test_ddrnet_has_the_papers_parameters_and_macs(variant):
+    model = kseg.models.ddrnet(19, variant=variant)
+    params, macs = DDRNET_PAPER[variant]
+    assert trainable_params(model) == pytest.approx(params, rel=1e-2)
+    assert complexity.count_macs(model, (1024, 2048)) == pytest.approx(macs, rel=1e-2)
+
+
+def test_ddrnet_branches_and_dappm_take_odd_sizes():
+    """65x67: the high branch at ceil(size / 8), the low branch at ceil(size / 16, 32, 64); every pool of DAPPM
+    is "same", so even the 17x17 pool of a 2x2 map is 1x1, resized back to 2x2."""
+    model = kseg.models.get("ddrnet", 3, input_shape=(65, 67, 3), tiny=True)
+    sizes = {name: tuple(model.get_layer(name).output.shape[1:3]) for name in (
+        "fuse3_high_add", "fuse3_low_add", "fuse4_high_add", "fuse4_low_add", "stage5_high_relu", "stage5_low_relu",
+        "dappm_scale1_pool", "dappm_scale3_pool", "dappm_scale4_pool", "dappm_add", "final_add")}
+    assert sizes == {
+        "fuse3_high_add": (9, 9), "fuse3_low_add": (5, 5), "fuse4_high_add": (9, 9), "fuse4_low_add": (3, 3),
+        "stage5_high_relu": (9, 9), "stage5_low_relu": (2, 2), "dappm_scale1_pool": (1, 1),
+        "dappm_scale3_pool": (1, 1), "dappm_scale4_pool": (1, 1), "dappm_add": (2, 2), "final_add": (9, 9)}
+    # widths: high branch 2 * planes, low 4, 8 and 16 * planes, DAPPM back to 4 * planes (planes = 8 at tiny)
+    assert model.get_layer("fuse3_low_add").output.shape[-1] == 32
+    assert model.get_layer("stage5_low_relu").output.shape[-1] == 128
+    assert model.get_layer("dappm_add").output.shape[-1] == model.get_layer("stage5_high_relu").output.shape[-1] == 32
+    out = model(pixels((65, 67), batch=2))
+    assert tuple(out.shape) == (2, 65, 67, 3) and np.isfinite(keras.ops.convert_to_numpy(out)).all()
+
+
+def test_ddrnet_auxiliary_head_trains_with_a_loss_per_output():
+    keras.utils.set_random_seed(0)
+    model = kseg.models.get("ddrnet", 3, tiny=True, auxiliary_head=True)
+    assert [tensor.shape[-1] for tensor in model.outputs] == [3, 3]
+    x = pixels((65, 67), batch=2)
+    logits, aux = model(x)
+    assert tuple(logits.shape) == tuple(aux.shape) == (2, 65, 67, 3)
+    # the high branch after the first bilateral fusion (the paper's conv4), activated
+    assert model.get_layer("aux_head_conv").input is model.get_layer("fuse3_high_relu").output
+    masks = (x.mean(-1) // 86).astype("uint8")
+    model.compile(keras.optimizers.Adam(1e-3), loss=[kseg.losses.CrossEntropy()] * 2, loss_weights=[1.0, 0.4])
+    history = model.fit(x, (masks, masks), epochs=2, batch_size=2, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
+    # The deployed model is the first output: same layers, same weights, same logits.
+    deployed = keras.Model(model.input, model.outputs[0])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(deployed(x)), keras.ops.convert_to_numpy(model(x)[0]),
+                               rtol=1e-5, atol=1e-5)
+    assert len(kseg.models.get("ddrnet", 3, tiny=True).outputs) == 1  # off by default
+
+
+# Both ---------------------------------------------------------------------------------------------
+
+BAD_ARGUMENTS = [  # (architecture, argument, value, message start)
+    ("lraspp", "backbone", "mobilenetv2", "backbone must be one of ('mobilenetv3_large', 'mobilenetv3_small'), got"),
+    ("lraspp", "output_stride", 4, "output_stride must be one of (8, 16, 32), got 4"),
+    ("lraspp", "low_level_stride", 16, "low_level_stride must be one of (4, 8), got 16"),
+    ("lraspp", "head_filters", 0, "head_filters must be a positive integer, got 0"),
+    ("lraspp", "backbone_kwargs", "alpha=0.5", "backbone_kwargs must be a dict"),
+    ("ddrnet", "variant", "39", "variant must be one of ('23-slim', '23'), got '39'"),
+    ("ddrnet", "planes", 0, "planes must be a positive integer or None, got 0"),
+    ("ddrnet", "ppm_planes", 2.5, "ppm_planes must be a positive integer or None, got 2.5"),
+    ("ddrnet", "auxiliary_head", "yes", "auxiliary_head must be True or False, got 'yes'"),
+]
+
+
+@pytest.mark.parametrize("name, argument, value, message", BAD_ARGUMENTS)
+def test_builders_name_the_bad_argument(name, argument, value, message):
+    with pytest.raises(ValueError) as error:
+        kseg.models.get(name, 3, tiny=True, **{argument: value})
+    assert str(error.value).startswith(message)
+
+
+def test_lraspp_low_level_stride_must_be_below_output_stride():
+    with pytest.raises(ValueError, match=r"^low_level_stride \(8\) must be below output_stride \(8\)"):
+        kseg.models.lraspp(3, output_stride=8)
+    model = kseg.models.lraspp(3, output_stride=8, low_level_stride=4, head_filters=8)
+    assert model.get_layer("low_classifier").input.shape[-1] == 24  # MobileNetV3-Large's first stride-4 block
+    assert model.get_layer("expanded_conv_6_depthwise").strides == (1, 1)  # stride 16 and 32 dilated
+
+
+@pytest.mark.parametrize("name", ["lraspp", "ddrnet"])
+def test_every_batch_norm_follows_a_convolution(name):
+    """tfmot's QAT wants Conv -> BN -> activation: a BN after a pool, an addition or a concatenation raises."""
+    model = kseg.models.get(name, 3, tiny=True)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms
+    for layer in norms:
+        producer = layer.input._keras_history.operation
+        assert isinstance(producer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)), \
+            f"{layer.name} follows {producer.name}"
+
+
+@requires_tensorflow
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lraspp", "ddrnet"])
+def test_tfmot_annotates_the_tf_keras_twin(name):
+    """QAT through the bridge: MobileNetV3's hard-swish / hard-sigmoid and the gating Multiply need kseg's
+    twins and quantize configs (tfmot 0.8.1 quantizes neither); DDRNet's pools are tfmot's own."""
+    from kseg.deploy import compression
+
+    model = kseg.models.get(name, 3, tiny=True)
+    quantized = compression.quantize_twin(compression.to_tf_keras(model, (48, 56)))
+    assert tuple(quantized(pixels((48, 56))).shape) == (1, 48, 56, 3)
+
+
+# Ops with a parser in TFLite's GPU delegate (tensorflow/lite/delegates/gpu/common/model_builder.cc); these are
+# the ones the two models lower to.
+GPU_OPS = {"ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "HARD_SWISH", "LOGISTIC",
+           "MEAN", "MUL", "RELU", "RESIZE_BILINEAR"}
+
+
+def float32_flatbuffer(model, size):
+    from kseg.deploy import litert, modes
+
+    if "artifact" in inspect.signature(litert.litert_flatbuffer).parameters:  # the keyword-only signature
+        return litert.litert_flatbuffer(model, mode="float32", artifact=modes.Artifact(size))
+    return litert.litert_flatbuffer(model, mode="float32", input_size=size)
+
+
+def graph_of(flatbuffer):
+    """(op name, its builtin options) per operator, and the rank of every tensor, of a LiteRT flatbuffer."""
+    from ai_edge_litert import schema_py_generated as tfl
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    names = {code: name for name, code in vars(tfl.BuiltinOperator).items() if not name.startswith("_")}
+    subgraph = model.subgraphs[0]
+    ops = []
+    for op in subgraph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        ops.append((names[max(code.builtinCode, code.deprecatedBuiltinCode)], op.builtinOptions))
+    return ops, [len(tensor.shape) for tensor in subgraph.tensors if tensor.shape is not None]
+
+
+@requires_tensorflow
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lraspp", "ddrnet"])
+def test_float32_litert_file_suits_the_gpu_delegate(name):
+    """TensorFlow's static GPU check, and a stricter one of kseg's: in TF 2.21 the analyzer's check passes even
+    CUMSUM, TOPK_V2 and int32 FLOOR_MOD (seen), so the ops are also held to the delegate's list, every tensor to
+    4 dimensions at most and every bilinear resize to align_corners=False."""
+    import tensorflow as tf
+
+    flatbuffer = float32_flatbuffer(kseg.models.get(name, 19), (65, 67))
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report):
+        tf.lite.experimental.Analyzer.analyze(model_content=flatbuffer, gpu_compatibility=True)
+    assert "GPU COMPATIBILITY WARNING" not in report.getvalue()
+    assert "Your model looks compatible with GPU delegate" in report.getvalue()
+    ops, ranks = graph_of(flatbuffer)
+    assert {op for op, _ in ops} <= GPU_OPS, f"not for the GPU delegate: {sorted({op for op, _ in ops} - GPU_OPS)}"
+    assert max(ranks) <= 4
+    resizes = [options for op, options in ops if op == "RESIZE_BILINEAR"]
+    assert resizes and not any(options.alignCorners for options in resizes)
+    assert all(options.halfPixelCenters for options in resizes)  # PyTorch's align_corners=False
