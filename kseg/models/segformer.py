@@ -19,7 +19,7 @@ the input. Pixels are RGB in [0, 255], normalised in the graph with the ImageNet
 Formulated for phones and int8: feature maps stay (batch, height, width, channels) throughout, and every
 Linear layer is a 1x1 `Conv2D` (the same function: a reference Linear weight W (out, in) loads as the
 kernel W.T reshaped to (1, 1, in, out)), so LiteRT gets CONV_2D ops (per-channel int8, GPU delegate,
-int4 through kseg's qat_int4) instead of FULLY_CONNECTED on reshaped tokens. The only custom layer,
+int4 through kseg's qat_int4) instead of FULLY_CONNECTED on reshaped tokens. The attention,
 `EfficientAttention`, holds no weights: it reshapes query, key and value to (batch, tokens, heads,
 head width) and transposes them, so no tensor exceeds 4-D (one head: a reshape only), scales the
 query (the smaller operand) by 1/sqrt(head width) before the product, and takes the softmax along the
@@ -27,7 +27,8 @@ last axis (LiteRT's SOFTMAX, which int8 runs at its fixed output scale 1/256). L
 `LayerNormalization` below: Keras's layer computed in PyTorch's order, so that int16x8 converts and runs.
 LayerNorm epsilons follow the reference implementation (NVlabs
 SegFormer, mmseg's MiT): 1e-6 in the transformer blocks and after each stage, PyTorch's default 1e-5 in
-the patch embeddings and the attention's reduction; the decoder's batch norm uses 1e-5 too.
+the patch embeddings and the attention's reduction; the decoder's batch norm uses 1e-5 too. GELU is the
+exact (erf) one, as the reference's, written out (`GELU`) so that ONNX export converts it.
 
 Measured against the paper (its ADE20K models, 150 classes, 512x512; its "GFLOPs" are mmcv's count,
 which is multiply-accumulates). Parameters, trainable (PyTorch's count): B0 3.75 M (paper 3.8), B1 13.72 M
@@ -140,6 +141,16 @@ class LayerNormalization(layers.LayerNormalization):
         return ops.cast(outputs, self.compute_dtype)
 
 
+@keras.saving.register_keras_serializable(package="kseg")
+class GELU(layers.Layer):
+    """The exact (erf) GELU, 0.5 x (1 + erf(x / sqrt(2))): `keras.activations.gelu`'s function, written so that
+    TensorFlow traces an Erf (tf2onnx converts it; TensorFlow's own gelu traces an Erfc, which it cannot).
+    LiteRT's converter fuses it into one GELU op, as it does TensorFlow's."""
+
+    def call(self, x):
+        return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 def linear(x, units, name):
     """SegFormer's Linear on a (batch, height, width, channels) map: a 1x1 convolution with bias."""
     return layers.Conv2D(units, 1, name=name)(x)
@@ -169,7 +180,7 @@ def mix_ffn(x, width, hidden, name):
     """Mix-FFN: Linear -> 3x3 depthwise conv (positional information from zero padding) -> GELU -> Linear."""
     x = linear(x, hidden, f"{name}_fc1")
     x = layers.DepthwiseConv2D(3, padding="same", name=f"{name}_dwconv")(x)
-    x = layers.Activation("gelu", name=f"{name}_gelu")(x)
+    x = GELU(name=f"{name}_gelu")(x)
     return linear(x, width, f"{name}_fc2")
 
 

@@ -52,6 +52,7 @@ def _crop_like_twin(layer, args, kwargs):
 register_twin("ReverseChannels")(keras3_call_twin)  # kseg.models.backbones: RGB -> BGR (REVERSE_V2)
 register_twin("MaxUnpooling2D")(keras3_call_twin)  # kseg.models.blocks: SegNet's unpooling (builtins only)
 register_twin("EfficientAttention")(keras3_call_twin)  # kseg.models.segformer: weightless attention (4-D at most)
+register_twin("GELU")(keras3_call_twin)  # kseg.models.segformer: the exact GELU with Erf (ONNX), fused by LiteRT
 
 
 @register_twin("LayerNormalization")
