@@ -27,6 +27,7 @@ def child(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import kseg
     from kseg.data import folder
+    from kseg.training.config import AUGMENTATIONS
 
     if args.measure == "check":
         started = time.perf_counter()
@@ -39,7 +40,7 @@ def child(args):
     split = kseg.data.load(args.data, "train")
     load_seconds = time.perf_counter() - started
     batches = kseg.data.pipeline(split, 16, size=(128, 128), training=True, repeat=True,
-                                 **kseg.data.AUGMENTATIONS["natural"]).as_numpy_iterator()
+                                 **AUGMENTATIONS["natural"]).as_numpy_iterator()
     for _ in range(10):  # warm-up: tracing, autotune, the first files
         next(batches)
     started = time.perf_counter()

@@ -31,7 +31,8 @@ def litert_latency(size, runs, threads):
     rows, tmp = {}, tempfile.mkdtemp()
     for mode in ("float32", "int8"):
         path = os.path.join(tmp, f"deeplabv3plus_mobilenetv2_{mode}.tflite")
-        result = stage.export_artifact(model, path, mode, size, train=calibration, threads=threads, runs=runs,
+        result = stage.export_artifact(model, path, mode=mode, artifact=modes.Artifact(size), train=calibration,
+                                       threads=threads, runs=runs,
                                        settings=modes.ExportSettings(num_calibration=32))
         for t in threads:
             stats = result.latency[str(t)]

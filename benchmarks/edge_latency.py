@@ -41,7 +41,7 @@ LABELS = "int8_labels"  # full int8 with the argmax inside (`--output labels`): 
 
 def export_kseg(size, classes, folder):
     import kseg
-    from kseg.deploy import litert
+    from kseg.deploy import litert, modes
 
     model = kseg.models.deeplabv3plus(classes)
     calibration = kseg.data.load("synthetic", "train", num_images=16, size=(size, size))
@@ -50,8 +50,8 @@ def export_kseg(size, classes, folder):
     for name, mode, output in (("float32", "float32", "logits"), ("int8", "int8", "logits"),
                                (LABELS, "int8", "labels")):
         paths[name] = os.path.join(folder, f"deeplabv3plus_{name}.tflite")
-        litert.to_litert(model, paths[name], mode, input_size=(size, size), calibration=calibration,
-                         num_calibration=16, class_names=names, output=output)
+        litert.to_litert(model, paths[name], mode=mode, artifact=modes.Artifact((size, size), output=output),
+                         origin=modes.Origin(class_names=tuple(names)), calibration=calibration, num_calibration=16)
     return paths, model.count_params()
 
 

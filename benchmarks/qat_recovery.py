@@ -65,7 +65,7 @@ def recovered(reference, ptq, qat):
 def measure(name, folder, run, tmp):
     import kseg
     from kseg import provenance, runtime
-    from kseg.deploy import stage
+    from kseg.deploy import modes, stage
     from kseg.deploy.compression import int4_aware_training
 
     checkpoint = os.path.join(run, "best.keras")
@@ -76,17 +76,18 @@ def measure(name, folder, run, tmp):
            "scores": {}, "seconds": {}}
     for mode in MODES:
         started = time.time()
-        result = stage.export_artifact(model, os.path.join(tmp, f"{name}_{mode}.tflite"), mode, size, train_split,
-                                       val)
+        result = stage.export_artifact(model, os.path.join(tmp, f"{name}_{mode}.tflite"), mode=mode,
+                                       artifact=modes.Artifact(size), train=train_split, val=val)
         row["scores"][mode] = 100 * result.miou
         row["seconds"][mode] = round(time.time() - started, 1)
         if mode == "qat_int4":
             row["fine_tune"] = result.info["fine_tune"]
         print(f"  {name} {mode}: {row['scores'][mode]:.2f} mIoU ({row['seconds'][mode]:.0f} s)", flush=True)
-    control, _ = int4_aware_training(model, train_split, size, layers=())  # the same fine-tune, nothing rounded
+    # the same fine-tune, nothing rounded
+    control, _ = int4_aware_training(model, train_split, input_size=size, layers=())
     for mode in ("float32", "int4"):
-        result = stage.export_artifact(control, os.path.join(tmp, f"{name}_control_{mode}.tflite"), mode, size,
-                                       train_split, val)
+        result = stage.export_artifact(control, os.path.join(tmp, f"{name}_control_{mode}.tflite"), mode=mode,
+                                       artifact=modes.Artifact(size), train=train_split, val=val)
         row["scores"][f"control_{mode}"] = 100 * result.miou
         print(f"  {name} control {mode}: {row['scores'][f'control_{mode}']:.2f}", flush=True)
     s = row["scores"]

@@ -258,7 +258,7 @@ def litert(model, size, calibration_count, runs, tmp, label, rounds=3):
     import numpy as np
 
     import kseg
-    from kseg.deploy import litert
+    from kseg.deploy import litert, modes
     from kseg.runtime import bench
 
     images, _ = kseg.data.generate(calibration_count, tuple(size), seed=3)  # realistic activation ranges
@@ -270,8 +270,8 @@ def litert(model, size, calibration_count, runs, tmp, label, rounds=3):
             path, row = f"{stem}_{mode}.tflite", {}
             start = time.perf_counter()
             try:
-                info = litert.to_litert(model, path, mode, input_size=tuple(size), calibration=calibration,
-                                        num_calibration=calibration_count)
+                info = litert.to_litert(model, path, mode=mode, artifact=modes.Artifact(tuple(size)),
+                                        calibration=calibration, num_calibration=calibration_count)
                 row.update(export_s=time.perf_counter() - start, size_bytes=info["size_bytes"], ops=info["ops"])
                 paths[mode] = path
             except Exception as error:  # noqa: BLE001 - record and go on: one model must not stop the suite

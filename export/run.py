@@ -20,7 +20,8 @@ def run(checkpoints, out, modes, input_size=None, data="synthetic", threads=2, r
     train, val = kseg.data.load(data, "train"), kseg.data.load(data, "val")
     results = []
     for checkpoint in checkpoints:
-        results += stage.export_checkpoint(checkpoint, out, modes, input_size, train, val, settings, (threads,), runs,
+        results += stage.export_checkpoint(checkpoint, out, modes, input_size=input_size, train=train, val=val,
+                                           settings=settings, threads=(threads,), runs=runs,
                                            stem=stage.artifact_stem(checkpoint, with_folder=True))
     return stage.write_manifest(out, results, input_size=input_size and list(input_size), data=data, threads=threads)
 

@@ -2,13 +2,17 @@
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
-import traceback
+import time
 
 from kseg import commands
 from kseg.deploy import modes
 from kseg.errors import KsegError, first_line
+from kseg.training.config import TrainConfig
+
+STARTED = time.monotonic()  # what `kseg train --time-budget` counts from: before any framework is imported
 
 
 def _pair(text):
@@ -52,6 +56,32 @@ def _add_quantizer_args(c):
                         "tensor names, which carry the Keras layer names), e.g. classifier 'decoder_.*'")
 
 
+def _add_config_flags(c, config_class):
+    """A flag for every field of a settings dataclass (`kseg.training.config.setting` states its help, flag and
+    choices): the destination is the field's name, the default None (the dataclass's own default applies,
+    and a given `--config` file's values stay unless a flag overrides them)."""
+    for field in dataclasses.fields(config_class):
+        meta, default = field.metadata, field.default
+        if meta.get("kind") == "internal":
+            continue
+        text = meta.get("help") or ""
+        if not (default is None or default is False or default is dataclasses.MISSING) and "default" not in text:
+            text += f"{' ' if text else ''}(default {default})"
+        options = {"dest": field.name, "help": text.replace("%", "%%"), "default": None}
+        if meta.get("metavar"):
+            options["metavar"] = meta["metavar"]
+        if isinstance(default, bool):
+            options.update(action="store_true", default=False)
+        elif meta.get("kind") == "key=value":
+            options.update(action="append")
+        else:
+            kind = {"size": _pair}.get(meta.get("kind"), meta.get("kind") or type(default))
+            options["type"] = kind
+            if meta.get("choices"):
+                options["choices"] = list(meta["choices"])
+        c.add_argument(meta.get("flag") or "--" + field.name.replace("_", "-"), **options)
+
+
 def _modes_help():
     return "; ".join(f"{name}: {mode.summary}" for name, mode in modes.MODES.items())
 
@@ -71,37 +101,8 @@ def parser():
     c = subcommands.add_parser("train", help="train a model with Keras fit (resumes in an existing --out)",
                             description="Settings left out are chosen from the data (printed at the start and "
                                         "stored in OUT/config.json; --config repeats a run).")
-    c.add_argument("--data", help="folder, 'synthetic' or 'tfds:NAME' (default synthetic)")
-    c.add_argument("--model", help="architecture name (see: kseg models); default: chosen from the data")
-    c.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
-                   help="builder argument, e.g. output_stride=8 or backbone_kwargs='{\"alpha\": 0.5}'")
-    c.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="train for this long (wall clock, loading included), then stop with the best checkpoint")
-    c.add_argument("--steps", type=int, help="total training steps")
-    c.add_argument("--epochs", type=float, help="passes over the training data")
-    c.add_argument("--steps-per-epoch", type=int, help="with --epochs: an epoch is this many steps")
-    c.add_argument("--val-every", type=int, metavar="STEPS",
-                   help="validate and save every N steps (default: ~10 times a run, at most 5%% of its time)")
-    c.add_argument("--val-data", help="validation data (default: the val split of --data, or a fifth of it)")
-    c.add_argument("--num-classes", type=int, help="classes (default: from the data)")
-    c.add_argument("--crop-size", type=_pair, help="training crop, e.g. 256 or 256x320 (default: from the images)")
-    c.add_argument("--batch-size", type=int, help="default: about 4 x 256 x 256 pixels a step")
-    c.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    c.add_argument("--lr", type=float, help="initial learning rate, poly decay to 0 (default 1e-3)")
-    c.add_argument("--loss", help="e.g. ce, dice, lovasz, ce+0.5*dice (default: from the class balance)")
-    c.add_argument("--augment", choices=["natural", "topdown", "flip", "turns", "none"],
-                   help="natural photos (scale, colour), top-down images (microscopy, aerial: flips, turns), flips "
-                        "only; default: from the images and the run's length")
-    c.add_argument("--seed", type=int)
-    c.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"])
-    c.add_argument("--distribute", choices=["mirrored", "multiworker"],
-                   help="mirrored: every local GPU (or the CPU); multiworker: several machines, each with its "
-                        "TF_CONFIG (batch size per worker; the chief writes --out)")
-    c.add_argument("--verbose", type=int, choices=[0, 1, 2],
-                   help="1: a progress bar (default), 2: one line a round, 0: settings and summary only")
+    _add_config_flags(c, TrainConfig)
     c.add_argument("--config", help="a run's config.json: repeat that run (flags given here override it)")
-    c.add_argument("--out", help="run folder: best.keras, last.keras, log.csv, config.json (default runs/kseg)")
-    c.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     c.set_defaults(func=commands.cmd_train)
 
     c = subcommands.add_parser("evaluate", help="score a .keras, .tflite or .onnx model: mIoU, per-class table, JSON")
@@ -206,7 +207,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if args.debug:
         os.environ["KSEG_DEBUG"] = "1"  # kseg.console then leaves framework logs on the console
-    if not args.debug and args.func not in (commands.cmd_data_check, commands.cmd_data_synth):
+    args.started = STARTED
+    if not args.debug:
         _import_quietly(QUIET_IMPORTS)
     try:
         return args.func(args) or 0
@@ -235,18 +237,9 @@ def _import_quietly(modules):
 
 
 def user_error(error):
-    """One line for a mistake the user can fix, or None for a fault to show with its trace.
-
-    User mistakes are KsegErrors, and the ValueErrors and TypeErrors of a model builder's argument checks
-    (`--model-arg output_stride=12`), which name the argument.
-    """
-    if isinstance(error, KsegError):
-        return first_line(error, limit=1000)
-    frames = traceback.extract_tb(error.__traceback__)
-    builder = os.path.join("kseg", "models", "")
-    if isinstance(error, (ValueError, TypeError)) and frames and builder in frames[-1].filename:
-        return first_line(error, limit=1000)
-    return None
+    """One line for a mistake the user can fix (a KsegError: bad files, settings and builder arguments), or
+    None for a fault to show with its trace."""
+    return first_line(error, limit=1000) if isinstance(error, KsegError) else None
 
 
 if __name__ == "__main__":

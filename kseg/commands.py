@@ -34,27 +34,18 @@ def cmd_demo(args):
     demo.run(config)
 
 
-TRAIN_FLAGS = {  # TrainConfig field -> argparse destination; None on the command line keeps the config's value
-    "model": "model", "data": "data", "val_data": "val_data", "num_classes": "num_classes",
-    "crop_size": "crop_size", "batch_size": "batch_size", "steps": "steps", "epochs": "epochs",
-    "time_budget": "time_budget", "steps_per_epoch": "steps_per_epoch", "val_every": "val_every",
-    "optimizer": "optimizer", "learning_rate": "lr", "loss": "loss", "augment": "augment", "seed": "seed",
-    "mixed_precision": "mixed_precision", "distribute": "distribute", "out_dir": "out", "verbose": "verbose",
-}
-
-
 def cmd_train(args):
+    import dataclasses
+
     from kseg import training
 
-    overrides = {field: getattr(args, dest) for field, dest in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
-    if args.model_arg:
-        overrides["model_kwargs"] = _model_args(args.model_arg)
-    overrides["overwrite"] = args.overwrite
-    if args.config:
-        config = training.TrainConfig.from_json(args.config, **overrides)
-    else:
-        config = training.TrainConfig(**overrides)
-    result = training.train(config)
+    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(training.TrainConfig)
+                 if getattr(args, field.name, None) is not None}
+    if "model_kwargs" in overrides:
+        overrides["model_kwargs"] = _model_args(overrides["model_kwargs"])
+    config = training.TrainConfig.from_json(args.config, **overrides) if args.config else \
+        training.TrainConfig(**overrides)
+    result = training.train(config, started=args.started)
     print(f"best model: {result.best_path}")
 
 
@@ -127,8 +118,9 @@ def cmd_export(args):
     train = kseg.data.load(data, "train", num_classes=args.num_classes) if needs_data else None
     if args.savedmodel:
         print(litert.save_savedmodel(model, os.path.join(args.out, stage.artifact_stem(args.model) + "_savedmodel")))
-    results = stage.export_checkpoint(model, args.out, args.modes, args.input_size, train, settings=_settings(args),
-                                      output=args.output, io_dtype=args.io_dtype, source=args.model)
+    results = stage.export_checkpoint(model, args.out, args.modes, input_size=args.input_size, train=train,
+                                      settings=_settings(args), output=args.output, io_dtype=args.io_dtype,
+                                      source=args.model)
     stage.write_manifest(args.out, results, calibration_data=data if needs_data else None)
     print(f"manifest: {os.path.join(args.out, 'manifest.json')} (sidecars: <artifact>.json)")
 

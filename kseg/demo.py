@@ -77,9 +77,9 @@ def run(config):
     _step(4, "exporting LiteRT float32 and full int8 (uint8 in and out, calibrated on training images), "
              f"each evaluated and timed at threads {', '.join(map(str, config.threads))}")
     exported = stage.export_checkpoint(
-        runtime.load_keras(result.best_path), config.out_dir, ("float32", "int8"), size, train_split, val_split,
-        threads=config.threads, runs=config.bench_runs, stem="deeplabv3plus", agreement=True, progress=False,
-        source=result.best_path)
+        runtime.load_keras(result.best_path), config.out_dir, ("float32", "int8"), input_size=size, train=train_split,
+        val=val_split, threads=config.threads, runs=config.bench_runs, stem="deeplabv3plus", agreement=True,
+        progress=False, source=result.best_path)
     for artifact in exported:
         print(f"      {artifact.summary()}")
     agreement = exported[1].agreement

@@ -15,6 +15,10 @@ class DataError(KsegError, ValueError):
     """A data file or folder is unusable; the message names the file and the problem."""
 
 
+class ArgumentError(KsegError, ValueError):
+    """A builder or setting was given a value it cannot take; the message names the argument and what it takes."""
+
+
 class ExportError(KsegError, RuntimeError):
     """A model cannot be exported as asked (for example it needs ops LiteRT does not have)."""
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import requires_tensorflow
 
 import kseg
+from kseg.deploy import modes
 from kseg.models import backbones, blocks
 
 MOBILE = {"mobilenetv2": {"alpha": 0.35}, "mobilenetv3_large": {"alpha": 0.35}, "mobilenetv3_small": {"alpha": 0.35}}
@@ -159,7 +160,7 @@ def test_mobilenetv3_dilated_converts_to_litert_builtins(tmp_path):
     features = backbones.build("mobilenetv3_small", pixels, output_stride=16, alpha=0.35)
     model = keras.Model(pixels, features[max(features)], name="mobilenetv3_small_os16")
     path = str(tmp_path / "m.tflite")
-    info = litert.to_litert(model, path, "float32", input_size=(64, 64))
+    info = litert.to_litert(model, path, mode="float32", artifact=modes.Artifact((64, 64)))
     assert "HARD_SWISH" in info["ops"]
     assert not any(op.startswith("FLEX") for op in info["ops"]), info["ops"]
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")

@@ -10,7 +10,7 @@ from conftest import requires_tensorflow
 
 import kseg
 from kseg.cli import main
-from kseg.deploy import litert
+from kseg.deploy import litert, modes
 from kseg.runtime import bench, profiler
 
 pytestmark = requires_tensorflow
@@ -33,7 +33,7 @@ def artifacts(tmp_path_factory):
     model.save(paths["keras"])
     for mode in ("float32", "int8"):
         paths[mode] = str(out / f"m_{mode}.tflite")
-        litert.to_litert(model, paths[mode], mode, input_size=SIZE, calibration=calibration)
+        litert.to_litert(model, paths[mode], mode=mode, artifact=modes.Artifact(SIZE), calibration=calibration)
     return paths
 
 
@@ -81,7 +81,7 @@ def test_onnx_steps_startup_memory_and_ops(artifacts, tmp_path):
     from kseg.deploy import onnx_export
 
     path = str(tmp_path / "m.onnx")
-    onnx_export.to_onnx(artifacts["model"], path, input_size=SIZE)
+    onnx_export.to_onnx(artifacts["model"], path, artifact=modes.Artifact(SIZE))
     stats = bench.benchmark(path, threads=1, runs=4, warmup=1, ops=True)
     check_consistent(stats, 4)
     check_ops(stats["ops"])

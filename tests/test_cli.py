@@ -258,11 +258,53 @@ def test_export_takes_size_and_provenance_from_the_run(run_dir, tmp_path, capsys
 FRAMEWORK_LOG = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuda", re.M)  # TensorFlow's C++ logs
 
 
+def bad_inputs(root):
+    """Every subcommand (`kseg --help`'s list) with input it must refuse in one line: (arguments, what it says)."""
+    empty, missing = root / "empty", str(root / "missing.keras")
+    empty.mkdir()
+    truncated = root / "truncated.keras"
+    truncated.write_bytes(b"PK\x03\x04 cut short")
+    return {
+        "demo": (["demo", "--steps", "0", "--out", str(root / "demo")], "steps must be a positive"),
+        "train": (["train", "--data", str(empty), "--out", str(root / "run")], str(empty)),
+        "evaluate": (["evaluate", str(truncated), "--data", "synthetic"], "corrupt or truncated"),
+        "predict": (["predict", missing, str(empty)], "no such file"),
+        "export": (["export", str(truncated), "--out", str(root / "out")], "corrupt or truncated"),
+        "quantize-study": (["quantize-study", missing, "--out", str(root / "study")], "no such file"),
+        "bench": (["bench", str(truncated)], "corrupt or truncated"),
+        "data check": (["data", "check", str(empty)], str(empty)),
+        "data pack": (["data", "pack", str(empty), "--out", str(root / "shards")], str(empty)),
+        "data synth": (["data", "synth", str(root / "synth"), "--num-images", "0"], "num-images"),
+        "models": (["models", "--no-such-flag"], "unrecognized arguments"),
+    }
+
+
 @pytest.mark.slow
-def test_the_console_carries_no_framework_logs():
-    result = kseg("models")
-    assert result.returncode == 0 and "deeplabv3plus" in result.stdout
-    assert not FRAMEWORK_LOG.search(result.stderr), result.stderr
+def test_no_subcommand_prints_a_framework_log_line(tmp_path):
+    """Fresh processes as on a fresh install (no TF_CPP_MIN_LOG_LEVEL set by the caller), bad or empty input."""
+    import concurrent.futures
+
+    from kseg.cli import parser
+
+    cases = bad_inputs(tmp_path)
+    commands = parser()._subparsers._group_actions[0].choices
+    listed = {name for name, sub in commands.items() if not sub._subparsers} | {
+        f"{name} {child}" for name, sub in commands.items() if sub._subparsers
+        for child in sub._subparsers._group_actions[0].choices}
+    assert set(cases) == listed  # a new subcommand gets a case here
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TF_CPP")}
+
+    def run(args):
+        return subprocess.run([sys.executable, "-m", "kseg.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=600)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = dict(zip(cases, pool.map(run, [args for args, _ in cases.values()])))
+    for name, result in results.items():
+        said = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and said and cases[name][1] in said[-1], (name, result.stderr)
+        assert "Traceback" not in result.stderr, (name, result.stderr)
+        assert not FRAMEWORK_LOG.search(result.stdout + result.stderr), (name, result.stdout, result.stderr)
 
 
 def test_the_command_line_starts_without_tensorflow():
@@ -278,6 +320,7 @@ def test_builder_argument_errors_are_one_line_and_debug_shows_the_trace(tmp_path
     result = kseg(*args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "kseg: error: output_stride must be one of (8, 16, 32), got 12"
+    assert result.stdout == ""  # checked before any setting is printed
     result = kseg("--debug", *args)
     assert result.returncode == 1 and "Traceback" in result.stderr and "output_stride must be" in result.stderr
 

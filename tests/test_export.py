@@ -10,7 +10,7 @@ from conftest import requires_tensorflow
 
 import kseg
 from kseg import runtime
-from kseg.deploy import litert
+from kseg.deploy import litert, modes
 
 pytestmark = requires_tensorflow
 SIZE = (48, 56)
@@ -41,7 +41,7 @@ def test_float_litert_matches_keras_for_every_architecture(name, tmp_path):
     model = kseg.models.get(name, 3, tiny=True)
     x = np.random.default_rng(0).uniform(0, 255, (1, *SIZE, 3)).astype("float32")
     path = str(tmp_path / f"{name}.tflite")
-    info = litert.to_litert(model, path, "float32", input_size=SIZE)
+    info = litert.to_litert(model, path, mode="float32", artifact=modes.Artifact(SIZE))
     got = runtime.LiteRTModel(path).logits(x[0])
     np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(x))[0], atol=1e-4, rtol=1e-4)
     assert "DELEGATE" not in info["ops"] and not any(op.startswith("FLEX") for op in info["ops"])
@@ -57,7 +57,7 @@ def test_full_int8_for_every_architecture_takes_raw_pixels(name, tmp_path):
     for _ in range(20):  # batch-norm statistics of the data, as training leaves them (else outputs are ~constant)
         model(np.concatenate(calibration), training=True)
     path = str(tmp_path / "m.tflite")
-    info = litert.to_litert(model, path, "int8", input_size=SIZE, calibration=calibration)
+    info = litert.to_litert(model, path, mode="int8", artifact=modes.Artifact(SIZE), calibration=calibration)
     assert info["input"]["dtype"] == "uint8" and info["output"]["dtype"] == "uint8"
     assert info["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
     # The numbers, not only the types: on calibration-like images the int8 logits track the float ones.
@@ -74,12 +74,13 @@ def test_int8_labels_agree_with_float_on_a_trained_model(trained):
     model, train, out = trained
     val = kseg.data.from_synthetic("val", num_images=8, size=SIZE)
     float_path, int8_path = str(out / "float.tflite"), str(out / "int8.tflite")
-    litert.to_litert(model, float_path, "float32", input_size=SIZE)
-    litert.to_litert(model, int8_path, "int8", input_size=SIZE, calibration=train, num_calibration=32)
+    litert.to_litert(model, float_path, mode="float32", artifact=modes.Artifact(SIZE))
+    litert.to_litert(model, int8_path, mode="int8", artifact=modes.Artifact(SIZE), calibration=train,
+                     num_calibration=32)
     assert kseg.runtime.evaluation.agreement(float_path, int8_path, val) > 0.95
     keras_labels = runtime.KerasPredictor(model).labels(np.stack(images(val)))
     assert len(np.unique(keras_labels)) >= 3 and (keras_labels != 0).mean() > 0.05  # not all background
-    float_labels = runtime.LiteRTPredictor(float_path).labels(images(val))
+    float_labels = runtime.ArtifactPredictor(float_path).labels(images(val))
     assert (keras_labels == float_labels).mean() > 0.999
 
 
@@ -88,13 +89,13 @@ def test_int8_labels_agree_with_float_on_a_trained_model(trained):
 def test_fused_label_map_output(trained, mode):
     model, train, out = trained
     path = str(out / f"labels_{mode}.tflite")
-    info = litert.to_litert(model, path, mode, input_size=SIZE, calibration=train, output="labels",
+    info = litert.to_litert(model, path, mode=mode, artifact=modes.Artifact(SIZE, output="labels"), calibration=train,
                             num_calibration=16)
     assert info["output"]["kind"] == "labels" and info["output"]["dtype"] == "uint8"
     assert info["output"]["shape"] == [1, *SIZE] and "ARG_MAX" in info["ops"]
     x = images(train, 2)
     want = runtime.KerasPredictor(model).labels(np.stack(x))
-    got = runtime.LiteRTPredictor(path).labels(x)
+    got = runtime.ArtifactPredictor(path).labels(x)
     assert (got == want).mean() > 0.9
 
 
@@ -102,7 +103,8 @@ def test_fused_label_map_output(trained, mode):
 def test_sidecar_describes_the_artifact(trained):
     model, train, out = trained
     path = str(out / "side.tflite")
-    litert.to_litert(model, path, "float32", input_size=SIZE, class_names=train.class_names, source="x.keras")
+    litert.to_litert(model, path, mode="float32", artifact=modes.Artifact(SIZE),
+                     origin=modes.Origin(class_names=train.class_names, source="x.keras"))
     with open(path + ".json") as f:
         info = json.load(f)
     assert info["num_classes"] == 6 and info["class_names"][1] == "disc" and info["mode"] == "float32"
@@ -121,7 +123,7 @@ def test_ops_litert_lacks_fail_with_their_names(tmp_path):
     inputs = keras.Input((16, 16, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(ArgmaxPool()(inputs)), name="argmaxnet")
     with pytest.raises(kseg.errors.ExportError) as error:
-        litert.to_litert(model, str(tmp_path / "x.tflite"), input_size=(16, 16))
+        litert.to_litert(model, str(tmp_path / "x.tflite"), mode='float32', artifact=modes.Artifact((16, 16)))
     assert "argmaxnet: float32 LiteRT export needs ops that are not LiteRT builtins: MaxPoolWithArgmax" in str(
         error.value)
     assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "x.tflite")
@@ -142,16 +144,16 @@ def test_savedmodel_serves_inference_mode(trained):
 def test_unknown_mode_and_missing_calibration():
     model = kseg.models.get("unet", 2, tiny=True)
     with pytest.raises(kseg.KsegError, match="unknown export mode 'int2'"):
-        litert.to_litert(model, "x.tflite", "int2")
+        litert.to_litert(model, "x.tflite", mode="int2", artifact=modes.Artifact(SIZE))
     with pytest.raises(kseg.KsegError, match="int8 export needs calibration images"):
-        litert.to_litert(model, "x.tflite", "int8")
+        litert.to_litert(model, "x.tflite", mode="int8", artifact=modes.Artifact(SIZE))
 
 
 @pytest.mark.slow
 def test_bench_reports_latency_statistics_and_size(trained):
     model, _, out = trained
     path = str(out / "bench.tflite")
-    litert.to_litert(model, path, "float32", input_size=SIZE)
+    litert.to_litert(model, path, mode="float32", artifact=modes.Artifact(SIZE))
     stats = kseg.runtime.bench.benchmark(path, threads=1, runs=5, warmup=1)
     assert stats["size_bytes"] == os.path.getsize(path) and stats["input_size"] == list(SIZE)
     assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"]
@@ -182,7 +184,6 @@ def test_export_stage_writes_artifacts_and_manifest(trained, tmp_path, monkeypat
 
 
 def test_every_mode_is_in_one_table():
-    from kseg.deploy import modes
 
     assert list(modes.MODES) == ["float32", "float16", "dynamic", "int8", "int16x8", "int4", "mixed", "qat_int8",
                                  "qat_int4", "pruned_float32", "pruned_int8", "onnx"]
@@ -198,6 +199,7 @@ def test_every_mode_is_in_one_table():
 def test_int8_sidecar_records_calibration_and_provenance(trained):
     model, train, out = trained
     path = str(out / "provenance.tflite")
-    info = litert.to_litert(model, path, "int8", input_size=SIZE, calibration=train, num_calibration=4)
+    info = litert.to_litert(model, path, mode="int8", artifact=modes.Artifact(SIZE), calibration=train,
+                            num_calibration=4)
     assert info["calibration"] == {"images": 4, "data": train.description}
     assert info["provenance"]["architecture"] == model.name and info["kseg_version"] == kseg.__version__

@@ -11,7 +11,7 @@ from conftest import requires_tensorflow
 
 import kseg
 from kseg import runtime
-from kseg.deploy import litert, metadata
+from kseg.deploy import litert, metadata, modes
 
 pytestmark = [requires_tensorflow, pytest.mark.slow]  # converts every mode up front (~25 s)
 SIZE = (48, 56)
@@ -79,7 +79,8 @@ def three_class_split(count=8):
 @pytest.fixture(scope="module")
 def plain(model):
     """{mode: .tflite bytes straight from the converter, without metadata}."""
-    return {mode: litert.litert_converter(model, mode, SIZE, calibration()).convert() for mode in MODES}
+    return {mode: litert.litert_converter(model, mode=mode, artifact=modes.Artifact(SIZE),
+                                          calibration=calibration()).convert() for mode in MODES}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -121,27 +122,31 @@ def test_weight_buffers_stay_16_byte_aligned_and_rewriting_is_idempotent(plain):
 
 def test_export_embeds_class_names_and_records_them_in_the_sidecar(model, tmp_path):
     path = str(tmp_path / "m.tflite")
-    info = litert.to_litert(model, path, "float32", input_size=SIZE, class_names=NAMES)
+    info = litert.to_litert(model, path, mode="float32", artifact=modes.Artifact(SIZE),
+                            origin=modes.Origin(class_names=NAMES))
     assert info["metadata"] == metadata.read(path) and info["metadata"]["labels"] == NAMES
     with open(path + ".json") as f:
         assert json.load(f)["metadata"]["activation"] == "SOFTMAX"
     # No names given: the checkpoint's run knows them (provenance); none known: no labels file.
     origin = {"architecture": "deeplabv3plus", "class_names": ["a", "b", "c"]}
-    assert litert.to_litert(model, path, input_size=SIZE, origin=origin)["metadata"]["labels"] == ["a", "b", "c"]
-    assert litert.to_litert(model, path, input_size=SIZE)["metadata"]["labels"] is None
+    assert litert.to_litert(model, path, mode='float32', artifact=modes.Artifact(SIZE),
+                            origin=modes.Origin(provenance=origin))["metadata"]["labels"] == ["a", "b", "c"]
+    assert litert.to_litert(model, path, mode='float32', artifact=modes.Artifact(SIZE))["metadata"]["labels"] is None
 
 
 def test_qat_and_pruned_files_carry_it_too(model, tmp_path):
     """The tf_keras twins that QAT and pruning fine-tune export through the same path."""
     twin = kseg.deploy.compression.to_tf_keras(model, input_size=SIZE)
     path = str(tmp_path / "pruned.tflite")
-    info = kseg.deploy.compression.export_tf_keras(twin, path, "float32", class_names=NAMES, training="pruned")
+    info = kseg.deploy.compression.export_tf_keras(twin, path, mode="float32", artifact=modes.Artifact(SIZE),
+                                                   origin=modes.Origin(class_names=NAMES), training="pruned")
     assert metadata.read(path)["labels"] == NAMES and info["gzip_bytes"] == kseg.files.gzip_size(path)
 
 
 def test_label_map_exports_say_why_they_carry_no_metadata(model, tmp_path):
     path = str(tmp_path / "labels.tflite")
-    info = litert.to_litert(model, path, "float32", input_size=SIZE, output="labels", class_names=NAMES)
+    info = litert.to_litert(model, path, mode="float32", artifact=modes.Artifact(SIZE, output="labels"),
+                            origin=modes.Origin(class_names=NAMES))
     assert "label map" in info["metadata"]["skipped"] and metadata.read(path) is None
     with pytest.raises(kseg.KsegError, match="cannot add segmenter metadata: the output is a label map"):
         metadata.write(path, NAMES)
@@ -150,7 +155,8 @@ def test_label_map_exports_say_why_they_carry_no_metadata(model, tmp_path):
 def test_binary_models_get_sigmoid_and_bad_names_are_refused(plain, tmp_path):
     binary = kseg.models.get("unet", 1, tiny=True)
     path = str(tmp_path / "binary.tflite")
-    info = litert.to_litert(binary, path, input_size=SIZE, class_names=["background", "cell"])
+    info = litert.to_litert(binary, path, mode='float32', artifact=modes.Artifact(SIZE),
+                            origin=modes.Origin(class_names=["background", "cell"]))
     assert info["metadata"]["activation"] == "SIGMOID" and info["metadata"]["labels"] is None  # 2 names, 1 logit
     with pytest.raises(kseg.KsegError, match="need 3 class names"):
         metadata.embed(plain["float32"], ["only", "two"])
@@ -166,10 +172,11 @@ def test_mediapipe_image_segmenter_mask_is_kseg_labels(model, mode, tmp_path):
     path = str(tmp_path / f"{mode}.tflite")
     train = three_class_split()
     settings = kseg.deploy.modes.ExportSettings(num_calibration=4)
-    kseg.deploy.stage.convert(model, path, mode, SIZE, train=train, settings=settings, class_names=NAMES)
+    kseg.deploy.stage.convert(model, path, mode=mode, artifact=modes.Artifact(SIZE),
+                              origin=modes.Origin(class_names=NAMES), train=train, settings=settings)
     options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=path),
                                            output_category_mask=True, output_confidence_masks=False)
-    kseg_runner = runtime.LiteRTPredictor(path)
+    kseg_runner = runtime.ArtifactPredictor(path)
     with vision.ImageSegmenter.create_from_options(options) as segmenter:
         assert segmenter.labels == NAMES
         agree, counts = [], np.zeros(len(NAMES))

@@ -12,7 +12,7 @@ from conftest import requires_tensorflow
 import kseg
 from kseg import provenance, runtime
 from kseg.cli import main
-from kseg.deploy import onnx_export
+from kseg.deploy import modes, onnx_export
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
@@ -38,7 +38,7 @@ def test_onnx_matches_keras_for_every_architecture(name, tmp_path):
     model = kseg.models.get(name, 3, tiny=True)
     x = np.random.default_rng(0).uniform(0, 255, (2, *ODD, 3)).astype("float32")
     path = str(tmp_path / f"{name}.onnx")
-    info = onnx_export.to_onnx(model, path, input_size=ODD)
+    info = onnx_export.to_onnx(model, path, artifact=modes.Artifact(ODD))
     want = keras.ops.convert_to_numpy(model(x, training=False))
     runner = runtime.OnnxModel(path)
     assert_close(runner.logits(x[0]), want[0])
@@ -57,7 +57,7 @@ def tiny_model():
 @pytest.mark.slow
 def test_labels_output_is_the_argmax_inside_the_graph(tiny_model, tmp_path):
     path = str(tmp_path / "labels.onnx")
-    info = onnx_export.to_onnx(tiny_model, path, input_size=SIZE, output="labels")
+    info = onnx_export.to_onnx(tiny_model, path, artifact=modes.Artifact(SIZE, output="labels"))
     assert info["output"] == {"kind": "labels", "name": "labels", "shape": [None, *SIZE], "dtype": "uint8",
                               "quantization": None}
     x = np.random.default_rng(1).uniform(0, 255, (*SIZE, 3)).astype("float32")
@@ -68,8 +68,8 @@ def test_labels_output_is_the_argmax_inside_the_graph(tiny_model, tmp_path):
 
 def test_sidecar_has_what_a_litert_sidecar_has(tiny_model, tmp_path):
     path = str(tmp_path / "m.onnx")
-    info = onnx_export.to_onnx(tiny_model, path, input_size=SIZE, class_names=[str(i) for i in range(6)],
-                               source="x.keras")
+    info = onnx_export.to_onnx(tiny_model, path, artifact=modes.Artifact(SIZE),
+                               origin=modes.Origin(class_names=[str(i) for i in range(6)], source="x.keras"))
     with open(path + ".json") as f:
         assert json.load(f) == info
     assert info["format"] == "onnx" and info["mode"] == "onnx" and info["num_classes"] == 6
@@ -87,7 +87,7 @@ def test_ops_tf2onnx_cannot_convert_fail_with_their_names(tmp_path):
     outputs = keras.ops.one_hot(keras.ops.argmax(inputs, axis=-1), 3)
     model = keras.Model(inputs, outputs, name="argmaxnet")
     with pytest.raises(kseg.errors.ExportError) as error:
-        onnx_export.to_onnx(model, str(tmp_path / "x.onnx"), input_size=(8, 8))
+        onnx_export.to_onnx(model, str(tmp_path / "x.onnx"), artifact=modes.Artifact((8, 8)))
     assert "argmaxnet: ONNX export needs TensorFlow ops that tf2onnx cannot convert: Bitcast, BitwiseAnd" in str(
         error.value)
     assert os.listdir(tmp_path) == []

@@ -10,6 +10,7 @@ import pytest
 from conftest import requires_tensorflow
 
 import kseg
+from kseg.deploy import modes
 
 pytestmark = requires_tensorflow
 SIZE = (48, 56)
@@ -70,13 +71,14 @@ def test_qat_gives_an_int8_litert_file_that_agrees_with_the_float_model(trained,
     model, train, images = trained
     float_labels = kseg.runtime.KerasPredictor(model).labels(images)
     assert np.bincount(float_labels.ravel()).max() < 0.95 * float_labels.size  # not a constant map
-    qat = q.quantization_aware_training(model, train, SIZE, steps=4, run_eagerly=True)
+    qat = q.quantization_aware_training(model, train, input_size=SIZE, steps=4, run_eagerly=True)
     path = str(tmp_path / "qat.tflite")
-    info = q.export_tf_keras(qat, path, "int8", calibration=train, num_calibration=8, training="qat")
+    info = q.export_tf_keras(qat, path, mode="int8", artifact=modes.Artifact(SIZE), calibration=train,
+                             num_calibration=8, training="qat")
     assert builtins_only(info["ops"]) and "CONV_2D" in info["ops"]
     assert info["input"]["dtype"] == "uint8" and info["output"]["dtype"] == "uint8"
     assert info["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
-    int8_labels = kseg.runtime.LiteRTPredictor(path).labels(list(images))
+    int8_labels = kseg.runtime.ArtifactPredictor(path).labels(list(images))
     assert (int8_labels == float_labels).mean() > 0.9  # fine-tuning moves the model too: 0.94 measured
     qat_labels = np.asarray(qat(images, training=False)).argmax(-1)
     assert (int8_labels == qat_labels).mean() > 0.97  # what QAT simulates is what the file computes
@@ -87,13 +89,14 @@ def test_qat_gives_an_int8_litert_file_that_agrees_with_the_float_model(trained,
 @pytest.mark.slow
 def test_pruning_reaches_the_sparsity_and_exports(trained, tmp_path):
     model, train, images = trained
-    stripped, sparsity = q.prune(model, train, SIZE, target_sparsity=0.5, steps=4, run_eagerly=True,
+    stripped, sparsity = q.prune(model, train, input_size=SIZE, target_sparsity=0.5, steps=4, run_eagerly=True,
                                  loss=kseg.losses.CrossEntropy())  # Keras 3 losses work in tf_keras too
     kernels = [layer.kernel for layer in stripped.layers if type(layer).__name__ == "Conv2D"]
     assert abs(q.zero_share(kernels) - 0.5) < 0.02 and abs(sparsity - 0.5) < 0.02
     assert not any("PruneLowMagnitude" in type(layer).__name__ for layer in stripped.layers)
     path = str(tmp_path / "pruned.tflite")
-    info = q.export_tf_keras(stripped, path, "float32", training="pruned", sparsity=sparsity)
+    info = q.export_tf_keras(stripped, path, mode="float32", artifact=modes.Artifact(SIZE), training="pruned",
+                             sparsity=sparsity)
     assert builtins_only(info["ops"])
     assert info["training"] == "pruned" and info["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert info["gzip_bytes"] < info["size_bytes"] == os.path.getsize(path)

@@ -91,19 +91,22 @@ def test_the_new_modes_are_in_the_one_table():
     assert not set(modes.AEQ) & set(modes.POST_TRAINING)
     with pytest.raises(kseg.KsegError, match="'qat_int4' fine-tunes first: export it with kseg.deploy.stage.convert"):
         quantizer.to_litert(keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1)]), "x.tflite",
-                            "qat_int4", (4, 4), [np.zeros((1, 4, 4, 3), np.float32)])
+                            mode="qat_int4", artifact=modes.Artifact((4, 4)),
+                            calibration=[np.zeros((1, 4, 4, 3), np.float32)])
     with pytest.raises(kseg.KsegError, match="ai-edge-quantizer's"):
         kseg.deploy.litert.litert_converter(keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1)]),
-                                     "int4", (4, 4))
+                                            mode="int4", artifact=modes.Artifact((4, 4)))
 
 
 def test_int4_runs_in_litert_and_scores_near_float(model, data, tmp_path):
     train, val = data
     settings = modes.ExportSettings(num_calibration=16)
     float_path, int4_path, int8_path = (str(tmp_path / f"{mode}.tflite") for mode in ("float32", "int4", "int8"))
-    kseg.deploy.litert.to_litert(model, float_path, "float32", SIZE)
-    kseg.deploy.litert.to_litert(model, int8_path, "int8", SIZE, calibration=train, num_calibration=16)
-    info = quantizer.to_litert(model, int4_path, "int4", SIZE, train, settings=settings, class_names=CLASSES)
+    kseg.deploy.litert.to_litert(model, float_path, mode="float32", artifact=modes.Artifact(SIZE))
+    kseg.deploy.litert.to_litert(model, int8_path, mode="int8", artifact=modes.Artifact(SIZE), calibration=train,
+                                 num_calibration=16)
+    info = quantizer.to_litert(model, int4_path, mode="int4", artifact=modes.Artifact(SIZE),
+                               origin=modes.Origin(class_names=CLASSES), calibration=train, settings=settings)
     assert info["quantizer"]["weights"] == {"int8": 2, "int4": 1}  # the first and last convolutions keep int8
     assert [entry["layer"] for entry in info["quantizer"]["int8_weights"]] == ["features", "classifier"]
     assert info["input"]["dtype"] == "uint8" and info["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
@@ -118,9 +121,10 @@ def test_int4_runs_in_litert_and_scores_near_float(model, data, tmp_path):
 def test_mixed_promotes_the_ops_int8_breaks_and_meets_the_bound(outlier, data, tmp_path):
     train, val = data
     float_path, mixed_path = str(tmp_path / "float32.tflite"), str(tmp_path / "mixed.tflite")
-    kseg.deploy.litert.to_litert(outlier, float_path, "float32", SIZE)
+    kseg.deploy.litert.to_litert(outlier, float_path, mode="float32", artifact=modes.Artifact(SIZE))
     settings = modes.ExportSettings(num_calibration=16, max_drop=0.3)
-    info = quantizer.to_litert(outlier, mixed_path, "mixed", SIZE, train, settings=settings)
+    info = quantizer.to_litert(outlier, mixed_path, mode="mixed", artifact=modes.Artifact(SIZE), calibration=train,
+                               settings=settings)
     search = info["quantizer"]["selection"]
     assert search["float32_miou"] - search["int8_miou"] > 0.2, search  # full int8 breaks this model
     assert search["met"] and search["drop"] <= 0.3 and search["images"] == 16
@@ -138,8 +142,8 @@ def test_mixed_promotes_the_ops_int8_breaks_and_meets_the_bound(outlier, data, t
 
 
 def test_mixed_keeps_full_int8_when_int8_meets_the_bound(model, data, tmp_path):
-    info = quantizer.to_litert(model, str(tmp_path / "m.tflite"), "mixed", SIZE, data[0],
-                               settings=modes.ExportSettings(num_calibration=8, max_drop=5.0))
+    info = quantizer.to_litert(model, str(tmp_path / "m.tflite"), mode="mixed", artifact=modes.Artifact(SIZE),
+                               calibration=data[0], settings=modes.ExportSettings(num_calibration=8, max_drop=5.0))
     assert info["quantizer"]["promoted"] == [] and info["quantizer"]["selection"]["trials"] == 1
     assert info["quantizer"]["weights"] == {"int8": 3} and info["quantizer"]["in_float"] == []
 
@@ -147,7 +151,8 @@ def test_mixed_keeps_full_int8_when_int8_meets_the_bound(model, data, tmp_path):
 def test_denylisted_ops_and_layers_stay_float_in_the_file(model, data, tmp_path):
     path = str(tmp_path / "deny.tflite")
     settings = modes.ExportSettings(num_calibration=8, float_ops=("ADD",), float_layers=("classifier",))
-    info = quantizer.to_litert(model, path, "int4", SIZE, data[0], settings=settings)
+    info = quantizer.to_litert(model, path, mode="int4", artifact=modes.Artifact(SIZE), calibration=data[0],
+                               settings=settings)
     with open(path, "rb") as f:
         in_float = litert_graph.float_ops_of(f.read())  # read from the file: ops whose outputs are float32
     assert sorted(op.name for op in in_float) == ["ADD", "CONV_2D"]
@@ -160,10 +165,10 @@ def test_denylisted_ops_and_layers_stay_float_in_the_file(model, data, tmp_path)
     want = keras.ops.convert_to_numpy(model(image[None]))[0]
     assert np.corrcoef(runner.logits(image).ravel(), want.ravel())[0, 1] > 0.98
     with pytest.raises(kseg.KsegError, match="matches no op"):
-        quantizer.to_litert(model, path, "int4", SIZE, data[0],
+        quantizer.to_litert(model, path, mode="int4", artifact=modes.Artifact(SIZE), calibration=data[0],
                             settings=modes.ExportSettings(num_calibration=4, float_layers=("no_such_layer",)))
     with pytest.raises(kseg.KsegError, match="the graph has no RESIZE_BILINEAR op"):
-        quantizer.to_litert(model, path, "int4", SIZE, data[0],
+        quantizer.to_litert(model, path, mode="int4", artifact=modes.Artifact(SIZE), calibration=data[0],
                             settings=modes.ExportSettings(num_calibration=4, float_ops=("RESIZE_BILINEAR",)))
 
 
@@ -206,7 +211,7 @@ def test_cli_exports_int4_and_mixed(checkpoint, folder, tmp_path, capsys):
     assert sidecar["quantizer"]["max_drop"] == 0.3 and sidecar["quantizer"]["recipe"]
     assert sidecar["calibration"]["images"] == 8
     for name in ("int4", "mixed"):  # both run in LiteRT
-        labels = runtime.LiteRTPredictor(str(out / f"outlier_{name}.tflite")).labels(
+        labels = runtime.ArtifactPredictor(str(out / f"outlier_{name}.tflite")).labels(
             [np.zeros((*SIZE, 3), np.float32)])
         assert labels.shape == (1, *SIZE)
 
@@ -249,7 +254,8 @@ def test_mixed_can_promote_to_int16_activations(outlier, data, tmp_path):
 
     path = str(tmp_path / "int16.tflite")
     settings = modes.ExportSettings(num_calibration=16, max_drop=0.3, promote="int16")
-    info = quantizer.to_litert(outlier, path, "mixed", SIZE, data[0], settings=settings)
+    info = quantizer.to_litert(outlier, path, mode="mixed", artifact=modes.Artifact(SIZE), calibration=data[0],
+                               settings=settings)
     assert info["quantizer"]["selection"]["met"] and info["quantizer"]["promoted"], info["quantizer"]["selection"]
     assert info["quantizer"]["in_float"] == []  # integer only
     graph = flatbuffer_utils.read_model(path).subgraphs[0]
@@ -259,19 +265,19 @@ def test_mixed_can_promote_to_int16_activations(outlier, data, tmp_path):
 
 def test_label_map_output(model, data, tmp_path):
     path = str(tmp_path / "labels.tflite")
-    info = quantizer.to_litert(model, path, "mixed", SIZE, data[0], output="labels",
-                               settings=modes.ExportSettings(num_calibration=8))
+    info = quantizer.to_litert(model, path, mode="mixed", artifact=modes.Artifact(SIZE, output="labels"),
+                               calibration=data[0], settings=modes.ExportSettings(num_calibration=8))
     assert info["output"]["kind"] == "labels" and info["output"]["dtype"] == "uint8"
     assert info["output"]["shape"] == [1, *SIZE] and "ARG_MAX" in info["ops"]
     images = [image.astype("float32") for image, _ in data[1].examples.take(4).as_numpy_iterator()]
     want = runtime.KerasPredictor(model).labels(np.stack(images))
-    assert (runtime.LiteRTPredictor(path).labels(images) == want).mean() > 0.98
+    assert (runtime.ArtifactPredictor(path).labels(images) == want).mean() > 0.98
 
 
 def test_a_bound_nothing_meets_gives_the_best_tried_and_says_so(model, data, tmp_path):
     settings = modes.ExportSettings(num_calibration=8, max_drop=-50.0)  # 50 points better than float32: impossible
-    search = quantizer.to_litert(model, str(tmp_path / "m.tflite"), "mixed", SIZE, data[0],
-                                 settings=settings)["quantizer"]["selection"]
+    search = quantizer.to_litert(model, str(tmp_path / "m.tflite"), mode="mixed", artifact=modes.Artifact(SIZE),
+                                 calibration=data[0], settings=settings)["quantizer"]["selection"]
     assert not search["met"] and search["miou"] >= search["int8_miou"] and search["trials"] > 1
 
 
@@ -346,7 +352,8 @@ def test_int4_file_holds_the_kernels_the_fine_tune_rounded(model, data, tmp_path
     denied = modes.ExportSettings(float_layers=("mixer",))
     assert qat_int4.int4_layers(model, SIZE, denied) == ([], [])
     path = str(tmp_path / "int4.tflite")
-    quantizer.to_litert(model, path, "int4", SIZE, data[0], settings=modes.ExportSettings(num_calibration=4))
+    quantizer.to_litert(model, path, mode="int4", artifact=modes.Artifact(SIZE), calibration=data[0],
+                        settings=modes.ExportSettings(num_calibration=4))
     with open(path, "rb") as f:
         stored = int4_kernel(f.read(), "mixer")
     kernel = model.get_layer("mixer").kernel
@@ -358,7 +365,8 @@ def test_qat_int4_fine_tunes_then_writes_int4(model, data, tmp_path):
     before = [w.copy() for w in model.get_weights()]
     path = str(tmp_path / "colours_qat_int4.tflite")
     settings = modes.ExportSettings(num_calibration=8, qat_steps=6, batch_size=4)
-    result = kseg.deploy.stage.export_artifact(model, path, "qat_int4", SIZE, train=train, val=val, settings=settings)
+    result = kseg.deploy.stage.export_artifact(model, path, mode="qat_int4", artifact=modes.Artifact(SIZE),
+                                               train=train, val=val, settings=settings)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the user's model untouched
     info = result.info
     assert result.mode == "qat_int4" and info["mode"] == "int4" and info["training"] == "qat"
@@ -392,7 +400,8 @@ def test_near_zero_activations_still_give_a_file_litert_loads(tmp_path):
     model = keras.Model(inputs, keras.layers.Conv2D(3, 1, name="classifier")(x))
     images = [np.random.default_rng(i).uniform(0, 255, (1, *SIZE, 3)).astype("float32") for i in range(4)]
     path = str(tmp_path / "tiny_ranges.tflite")
-    info = quantizer.to_litert(model, path, "int4", SIZE, images, settings=modes.ExportSettings(num_calibration=4))
+    info = quantizer.to_litert(model, path, mode="int4", artifact=modes.Artifact(SIZE), calibration=images,
+                               settings=modes.ExportSettings(num_calibration=4))
     assert info["quantizer"]["weights"] == {"int8": 2, "int4": 1}
     scores = runtime.LiteRTModel(path).run(images[0][0])
     assert scores.shape == (*SIZE, 3)
@@ -408,8 +417,8 @@ def test_qat_int4_simulates_every_int4_kernel_of_every_architecture(name, tmp_pa
 
     assert qat_int4.int4_layers(model, (48, 48))[1] == []  # no int4 weight outside a plain Conv2D
     settings = modes.ExportSettings(num_calibration=2, qat_steps=1, batch_size=2)
-    result = kseg.deploy.stage.export_artifact(model, str(tmp_path / f"{name}.tflite"), "qat_int4", (48, 48),
-                                               train=split, settings=settings)
+    result = kseg.deploy.stage.export_artifact(model, str(tmp_path / f"{name}.tflite"), mode="qat_int4",
+                                               artifact=modes.Artifact((48, 48)), train=split, settings=settings)
     assert len(result.info["fine_tune"]["simulated_layers"]) == result.info["quantizer"]["weights"]["int4"]
     with open(result.path, "rb") as f:
         stored = int4_weight_layers(f.read(), model)

@@ -146,3 +146,29 @@ def test_no_import_cycle():
 
 def test_no_module_uses_another_modules_private_names():
     assert [line for module in MODULES for line in imports(module)[1]] == []
+
+
+KEYWORD_PACKAGES = ("kseg.deploy",)  # where a call states what each argument is
+MAX_POSITIONAL = 4
+
+
+def test_deployment_calls_name_their_arguments():
+    wide = []
+    for module, path in MODULES.items():
+        if any(module == name or module.startswith(name + ".") for name in KEYWORD_PACKAGES):
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            wide += [f"{path}:{node.lineno}: {ast.unparse(node.func)} with {len(node.args)} positional arguments"
+                     for node in ast.walk(tree) if isinstance(node, ast.Call) and len(node.args) > MAX_POSITIONAL]
+    assert wide == []
+
+
+MAX_LINES = 300
+
+
+def test_no_module_is_over_the_line_limit():
+    lines = {}
+    for module, path in MODULES.items():
+        with open(path) as f:
+            lines[module] = len(f.readlines())
+    assert {module: n for module, n in lines.items() if n > MAX_LINES} == {}

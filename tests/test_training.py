@@ -89,7 +89,7 @@ def test_time_budget_stops_on_time_with_a_usable_checkpoint(tmp_path):
     assert summary["rounds"] >= 2 and summary["overhead_share"] < 0.2
     rows = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
     assert len(rows) - 1 == summary["rounds"]
-    model = kseg.runtime.evaluation.KerasPredictor(result.best_path)
+    model = kseg.runtime.KerasPredictor(result.best_path)
     scores = kseg.runtime.evaluation.evaluate(model.model, kseg.data.load(str(data), "val")).scores
     assert scores["miou"] > 0.5  # bright discs on a dark background: learnt in seconds
 

@@ -8,16 +8,16 @@ Every source yields (image uint8 (H, W, 3), mask uint8 (H, W)) examples; masks h
 and 255 marks pixels to ignore. Batches hold float32 pixels in [0, 255]: models normalise inside.
 """
 
-from kseg.data.folder import DataReport, check, from_folder, read_mask
+from kseg.data.folder import DataReport, check, from_folder
 from kseg.data.loading import load
-from kseg.data.pipeline import AUGMENTATIONS, pipeline
+from kseg.data.masks import read_mask
+from kseg.data.pipeline import pipeline
 from kseg.data.source import IGNORE_LABEL, DataStats, Split
 from kseg.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from kseg.data.synthetic import from_synthetic, generate, write_folder
 from kseg.data.tfds import from_tfds
 
 __all__ = [
-    "AUGMENTATIONS",
     "IGNORE_LABEL",
     "SYNTHETIC_CLASSES",
     "DataReport",

@@ -16,13 +16,6 @@ PAD_PIXEL = 127.5  # padding looks like the mean grey; the padded labels are ign
 # and, when grey, no colour to jitter. "flip" (photos) and "turns" (top-down) are for short runs: they
 # underfit, and stronger augmentation only slows them down (2-minute runs on the synthetic shapes: 79% mIoU
 # with flips, 62% with scale 0.75-1.33 and colour jitter, 34% with scale 0.5-2).
-AUGMENTATIONS = {
-    "natural": dict(scale_range=(0.5, 2.0), flip=True, vertical_flip=False, rotate90=False, jitter="color"),
-    "flip": dict(scale_range=(1.0, 1.0), flip=True, vertical_flip=False, rotate90=False, jitter=None),
-    "turns": dict(scale_range=(1.0, 1.0), flip=True, vertical_flip=True, rotate90=True, jitter=None),
-    "topdown": dict(scale_range=(0.75, 1.33), flip=True, vertical_flip=True, rotate90=True, jitter="brightness"),
-    "none": dict(scale_range=(1.0, 1.0), flip=False, vertical_flip=False, rotate90=False, jitter=None),
-}
 JITTERS = ("color", "brightness", None)
 
 
@@ -46,7 +39,7 @@ def pipeline(
     Training: shuffle, random scale in `scale_range`, pad and random-crop to `size`, horizontal flip
     (`vertical_flip` and `rotate90` for images without an up: square crops only for rotations), and
     `jitter` on the image only: "color" (brightness, contrast, saturation, hue), "brightness"
-    (brightness and contrast) or None; incomplete batches dropped. `AUGMENTATIONS` holds presets.
+    (brightness and contrast) or None; incomplete batches dropped. `kseg.training.config.AUGMENTATIONS` holds presets.
     Evaluation: resized to `size` when given (masks with nearest neighbour), otherwise batched as is
     (mixed sizes are padded per batch; padded pixels carry the ignore label).
     """

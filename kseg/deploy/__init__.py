@@ -6,3 +6,9 @@ LiteRT graph's ops; `quantizer` and `mixed_precision` drive ai-edge-quantizer (i
 precision); `compression` fine-tunes first (QAT, pruning); `stage` runs one export request end to end
 (convert, score, time) and `study` compares every mode.
 """
+
+
+def __getattr__(name):
+    import kseg
+
+    return kseg.submodule(__name__, name)

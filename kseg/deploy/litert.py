@@ -1,14 +1,14 @@
 """Conversion: a Keras model to a builtins-only LiteRT file (post-training modes) or a SavedModel.
 
-    kseg.deploy.litert.to_litert(model, "model_int8.tflite", mode="int8", input_size=(257, 257),
-                          calibration=train_split)
+    kseg.deploy.litert.to_litert(model, "model_int8.tflite", mode="int8",
+                                 artifact=kseg.deploy.modes.Artifact((257, 257)), calibration=train_split)
 
 LiteRT files use builtin ops only (what phones and microcontrollers run); a model that would need
 TensorFlow (Flex) ops fails with an ExportError naming them. Full-int8 models take uint8 RGB pixels
 (scale 1, zero point 0: feed the camera's bytes as they are) and return uint8. Every artifact gets
-a JSON sidecar (`<file>.json`) that says classes, input size, normalisation, output, quantization
-and provenance. Logit files also carry TFLite Model Metadata (`kseg.deploy.metadata`: RGB input in [0, 255],
-class names, softmax), so MediaPipe's ImageSegmenter runs them as they are. The modes that fine-tune
+a JSON sidecar (`<file>.json`, `kseg.deploy.sidecar`) that says classes, input size, normalisation, output,
+quantization and provenance. Logit files also carry TFLite Model Metadata (`kseg.deploy.metadata`: RGB input
+in [0, 255], class names, softmax), so MediaPipe's ImageSegmenter runs them as they are. The modes that fine-tune
 first (QAT, pruning) are `kseg.deploy.stage`'s; running a file is `kseg.runtime`'s.
 """
 
@@ -20,10 +20,9 @@ import tempfile
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from kseg import console, files, provenance
-from kseg.deploy import metadata, modes
+from kseg import console
+from kseg.deploy import metadata, modes, sidecar
 from kseg.errors import ExportError, KsegError, first_line
-from kseg.runtime import LiteRTModel
 
 CALIBRATION_IMAGES = modes.ExportSettings.num_calibration
 
@@ -65,22 +64,18 @@ def calibration_pairs(split, input_size, count=CALIBRATION_IMAGES, seed=0):
     return images, masks
 
 
-def litert_converter(model, mode="float32", input_size=(257, 257), calibration=None, output="logits",
-                     num_calibration=CALIBRATION_IMAGES, io_dtype="uint8"):
+def litert_converter(model, *, mode: str, artifact: modes.Artifact, calibration=None,
+                     num_calibration: int = CALIBRATION_IMAGES):
     """A `tf.lite.TFLiteConverter` set up for a post-training `mode` with builtin ops only (what `to_litert` runs)."""
-    if modes.get(mode).format != "litert":
+    spec = modes.get(mode)
+    if spec.format != "litert":
         raise KsegError(f"export mode {mode!r} does not write LiteRT: export it with kseg.deploy.stage.convert")
-    if modes.get(mode).fine_tune:
+    if spec.fine_tune:
         raise KsegError(f"export mode {mode!r} fine-tunes the model first: export it with kseg.deploy.stage.convert")
-    if modes.get(mode).converter != "tflite":
+    if spec.converter != "tflite":
         raise KsegError(f"export mode {mode!r} is ai-edge-quantizer's: export it with kseg.deploy.stage.convert "
                         "(or kseg.deploy.quantizer.to_litert)")
-    if output not in modes.OUTPUTS:
-        raise KsegError(f"output must be one of {modes.OUTPUTS}, got {output!r}")
-    if io_dtype not in modes.IO_DTYPES:
-        raise KsegError(f"io_dtype must be one of {modes.IO_DTYPES}, got {io_dtype!r}")
-    input_size = tuple(int(s) for s in input_size)
-    serve = _serving_function(model, input_size, output).get_concrete_function()
+    serve = _serving_function(model, artifact.input_size, artifact.output).get_concrete_function()
     # Freeze the weights ourselves: handing the converter the model as trackable object can leave
     # resource variables (READ_VARIABLE ops, unfolded batch norm) in the file.
     frozen = convert_variables_to_constants_v2(serve)
@@ -91,17 +86,17 @@ def litert_converter(model, mode="float32", input_size=(257, 257), calibration=N
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if modes.MODES[mode].calibrates:
+    if spec.calibrates:
         if calibration is None:
             raise KsegError(f"{mode} export needs calibration images (a data split)")
         images = calibration if isinstance(calibration, list) else calibration_images(
-            calibration, input_size, num_calibration)
+            calibration, artifact.input_size, num_calibration)
         converter.representative_dataset = lambda: ([image] for image in images)
         if mode == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.as_dtype(io_dtype)
-            if output == "logits":
-                converter.inference_output_type = tf.as_dtype(io_dtype)
+            converter.inference_input_type = tf.as_dtype(artifact.io_dtype)
+            if artifact.output == "logits":
+                converter.inference_output_type = tf.as_dtype(artifact.io_dtype)
         else:
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
@@ -109,25 +104,25 @@ def litert_converter(model, mode="float32", input_size=(257, 257), calibration=N
     return converter
 
 
-def to_litert(model, path, mode="float32", input_size=(257, 257), calibration=None, output="logits",
-              num_calibration=CALIBRATION_IMAGES, class_names=None, source=None, io_dtype="uint8", origin=None):
+def to_litert(model, path: str, *, mode: str, artifact: modes.Artifact, origin: modes.Origin | None = None,
+              calibration=None, num_calibration: int = CALIBRATION_IMAGES, extras: dict | None = None) -> dict:
     """Converts a Keras model to a builtins-only LiteRT file (written atomically); returns the sidecar dict.
 
     `calibration`: a `kseg.data.Split` or a list of float32 (1, H, W, 3) arrays, needed by "int8"
-    and "int16x8". `io_dtype`: the int8 model's input and output type, "uint8" (raw pixels: scale 1,
-    zero point 0) or "int8" (pixels - 128: scale 1, zero point -128). `source`: the checkpoint the
-    model came from; `origin`: its provenance (default: `kseg.provenance.of_checkpoint(source, model)`).
+    and "int16x8". `origin`: classes, checkpoint and provenance (default: `Origin.of(model)`).
     """
-    flatbuffer = litert_flatbuffer(model, mode, input_size, calibration, output, num_calibration, io_dtype)
-    return write_litert(flatbuffer, path, model, mode, input_size, calibration, output, num_calibration,
-                        class_names, source, origin)
+    flatbuffer = litert_flatbuffer(model, mode=mode, artifact=artifact, calibration=calibration,
+                                   num_calibration=num_calibration)
+    return write_litert(flatbuffer, path, model=model, mode=mode, artifact=artifact, origin=origin,
+                        calibration=calibration_record(mode, calibration, num_calibration), extras=extras)
 
 
-def litert_flatbuffer(model, mode="float32", input_size=(257, 257), calibration=None, output="logits",
-                      num_calibration=CALIBRATION_IMAGES, io_dtype="uint8"):
+def litert_flatbuffer(model, *, mode: str, artifact: modes.Artifact, calibration=None,
+                      num_calibration: int = CALIBRATION_IMAGES) -> bytes:
     """The converted LiteRT model (bytes, no metadata yet) of a post-training `mode`; a conversion that fails
     is an ExportError naming the ops LiteRT lacks."""
-    converter = litert_converter(model, mode, input_size, calibration, output, num_calibration, io_dtype)
+    converter = litert_converter(model, mode=mode, artifact=artifact, calibration=calibration,
+                                 num_calibration=num_calibration)
     try:
         with console.quiet():  # the converter prints its settings to fd 2; errors come back as exceptions
             return converter.convert()
@@ -135,46 +130,16 @@ def litert_flatbuffer(model, mode="float32", input_size=(257, 257), calibration=
         raise _conversion_error(model, mode, error) from error
 
 
-def write_litert(flatbuffer, path, model, mode, input_size, calibration=None, output="logits",
-                 num_calibration=CALIBRATION_IMAGES, class_names=None, source=None, origin=None, extra=None):
-    """Writes a converted model as every kseg LiteRT file is written: metadata embedded, written atomically,
-    with its sidecar (plus the `extra` entries); returns the sidecar dict."""
-    origin = origin if origin is not None else provenance.of_checkpoint(source, model)
-    flatbuffer, embedded = _with_metadata(flatbuffer, class_names or origin.get("class_names"),
-                                          int(model.output_shape[-1]))
-    files.write_atomic(path, flatbuffer)
-
-    input_size = tuple(int(s) for s in input_size)
-    runner = LiteRTModel(path)
-    info = {
-        "format": "litert",
-        "mode": mode,
-        "model": model.name,
-        "source": source,
-        "num_classes": int(model.output_shape[-1]),
-        "class_names": list(class_names) if class_names else None,
-        "input": {
-            "shape": [1, *input_size, 3],
-            "dtype": runner.input["dtype"].__name__,
-            "quantization": runner.input["quantization"],
-            "normalisation": "RGB pixels in [0, 255]; the model normalises inside",
-        },
-        "output": {
-            "kind": output,
-            "shape": runner.output["shape"].tolist(),
-            "dtype": runner.output["dtype"].__name__,
-            "quantization": runner.output["quantization"],
-        },
-        "ops": runner.ops(),
-        "size_bytes": os.path.getsize(path),
-        "calibration": _calibration_record(mode, calibration, num_calibration),
-        "metadata": embedded,
-        "provenance": origin,
-        "kseg_version": provenance.version(),
-        **(extra or {}),
-    }
-    write_sidecar(path, info)
-    return info
+def write_litert(flatbuffer: bytes, path: str, *, model, mode: str, artifact: modes.Artifact,
+                 origin: modes.Origin | None = None, calibration: dict | None = None,
+                 extras: dict | None = None) -> dict:
+    """Publishes a converted model as every kseg LiteRT file is published: TFLite metadata embedded, then the
+    file and its sidecar (`calibration`: `calibration_record`'s; plus the `extras` entries); returns the
+    sidecar dict."""
+    origin = origin if origin is not None else modes.Origin.of(model)
+    flatbuffer, embedded = _with_metadata(flatbuffer, origin.class_names, int(model.output_shape[-1]))
+    return sidecar.publish(flatbuffer, path, model=model, mode=mode, artifact=artifact, origin=origin,
+                           calibration=calibration, extras={"metadata": embedded, **(extras or {})})
 
 
 def _with_metadata(flatbuffer, class_names, channels):
@@ -189,12 +154,8 @@ def _with_metadata(flatbuffer, class_names, channels):
     return flatbuffer, metadata.read(flatbuffer)
 
 
-def write_sidecar(path, info):
-    """`info` as the artifact's JSON sidecar, `<path>.json`."""
-    files.write_json(path + ".json", info)
-
-
-def _calibration_record(mode, calibration, num_calibration):
+def calibration_record(mode: str, calibration, num_calibration: int) -> dict | None:
+    """The sidecar's record of what calibrated a `mode` file: image count and data (None where nothing did)."""
     if not modes.MODES[mode].calibrates or calibration is None:
         return None
     if isinstance(calibration, list):
@@ -214,7 +175,7 @@ def _conversion_error(model, mode, error):
     return ExportError(f"{model.name}: {mode} LiteRT conversion failed: {first[:300]}")
 
 
-def save_savedmodel(model, path, input_size=None):
+def save_savedmodel(model, path: str, input_size: tuple[int, int] | None = None) -> str:
     """A SavedModel with a `serve` endpoint (inference mode: batch norm uses its moving statistics).
 
     Written to a temporary folder and renamed, so an interrupted export leaves nothing half-written.

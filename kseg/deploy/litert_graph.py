@@ -86,8 +86,9 @@ def ops(flatbuffer):
     for index, op in enumerate(graph.operators):
         outputs = names(op.outputs)
         scope = ";".join(outputs) + ";" if outputs else ";".join(names(op.inputs)) + ";"
-        found.append(Op(index, flatbuffer_utils.opcode_to_name(model, op.opcodeIndex), scope,
-                        names(op.inputs, constant=False), outputs, names(op.inputs, constant=True)))
+        found.append(Op(index=index, name=flatbuffer_utils.opcode_to_name(model, op.opcodeIndex), scope=scope,
+                        inputs=names(op.inputs, constant=False), outputs=outputs,
+                        constants=names(op.inputs, constant=True)))
     return found
 
 

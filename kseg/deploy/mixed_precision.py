@@ -77,7 +77,8 @@ class Search:
     cached, at most MAX_TRIALS run.
     """
 
-    def __init__(self, float_model, graph, images, masks, build, promote, can_promote, num_classes, progress=False):
+    def __init__(self, float_model, graph, images, masks, *, build, promote, can_promote, num_classes,
+                 progress=False):
         """`build(promoted)`: the quantized model (bytes) with the ops `promoted`; `can_promote(op)`: whether an op
         may be promoted (its quantizer knows the op and can run it as `promote` asks, and no denylist has it in
         float already)."""

@@ -10,9 +10,17 @@ fine-tuning first.
     kseg.deploy.modes.MODES["mixed"].converter      # "aeq" (ai-edge-quantizer)
     kseg.deploy.modes.MODES["qat_int4"].quantization  # "int4": fine-tuned, then converted as the int4 mode
     kseg.deploy.modes.POST_TRAINING                 # ("float32", "float16", "dynamic", "int8", "int16x8")
+
+An export request is a mode, an `Artifact` (what the file is: input size, output, I/O type) and an `Origin`
+(where it comes from: classes, checkpoint, provenance), with `ExportSettings` for the modes that calibrate
+or fine-tune:
+
+    kseg.deploy.modes.Artifact((257, 257), output="labels")
+    kseg.deploy.modes.Origin.of(model, source="runs/kseg/best.keras")
 """
 
 import dataclasses
+import operator
 
 from kseg.errors import KsegError
 
@@ -96,3 +104,54 @@ class ExportSettings:
     promote: str = "float"  # mixed: sensitive ops run in "float" (fast on CPUs) or with "int16" activations
     float_ops: tuple = ()  # int4 and mixed: op types (CONV_2D, RESIZE_BILINEAR...) that stay in float
     float_layers: tuple = ()  # int4 and mixed: regular expressions of layer names whose ops stay in float
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """What an exported file is: its input size (always stated: there is no default), what it returns
+    (per-class "logits" or a uint8 "labels" map) and, for full-integer files, the input and output type
+    ("uint8": raw pixels, scale 1 and zero point 0; "int8": pixels - 128)."""
+
+    input_size: tuple[int, int]
+    output: str = "logits"
+    io_dtype: str = "uint8"
+
+    def __post_init__(self) -> None:
+        try:
+            size = tuple(operator.index(s) for s in self.input_size)
+        except TypeError:
+            size = ()
+        if len(size) != 2 or min(size) <= 0:
+            raise KsegError(f"input_size must be two positive integers (height, width), got {self.input_size!r}")
+        object.__setattr__(self, "input_size", size)
+        if self.output not in OUTPUTS:
+            raise KsegError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.io_dtype not in IO_DTYPES:
+            raise KsegError(f"io_dtype must be one of {IO_DTYPES}, got {self.io_dtype!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """Where an exported file comes from: its class names, the checkpoint it was loaded from (`source`) and
+    that checkpoint's provenance (`kseg.provenance.of_checkpoint`), all copied into the file's sidecar."""
+
+    class_names: tuple[str, ...] | None = None  # default: the provenance's
+    source: str | None = None
+    provenance: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        names = self.class_names or self.provenance.get("class_names")
+        object.__setattr__(self, "class_names", tuple(names) if names else None)
+
+    @classmethod
+    def of(cls, model, source: str | None = None, class_names=None) -> "Origin":
+        """The origin of `model` loaded from `source`: class names as given, else as its provenance knows them."""
+        from kseg import provenance
+
+        return cls(class_names, source, provenance.of_checkpoint(source, model))
+
+    def with_classes(self, class_names) -> "Origin":
+        """This origin with `class_names` where it has none (the training split's, say)."""
+        if self.class_names or not class_names:
+            return self
+        return dataclasses.replace(self, class_names=tuple(class_names))

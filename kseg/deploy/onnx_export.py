@@ -1,6 +1,6 @@
 """Conversion to ONNX: a Keras model to a float32 `.onnx` file for onnxruntime (or any ONNX runtime).
 
-    info = kseg.deploy.onnx_export.to_onnx(model, "model.onnx", input_size=(257, 257))
+    info = kseg.deploy.onnx_export.to_onnx(model, "model.onnx", artifact=kseg.deploy.modes.Artifact((257, 257)))
     kseg.runtime.OnnxModel("model.onnx").labels(image)     # uint8 (H, W) class map
 
 Keras 3 writes the file (`model.export(format="onnx")`, through tf2onnx under the TensorFlow backend);
@@ -22,8 +22,7 @@ import warnings
 
 import keras
 
-from kseg import files, provenance
-from kseg.deploy import litert, modes
+from kseg.deploy import modes, sidecar
 from kseg.errors import ExportError, KsegError, first_line
 from kseg.runtime import OnnxModel
 
@@ -68,19 +67,17 @@ def serving_model(model, input_size, output="logits"):
     return keras.Model(image, {"logits": logits}, name=model.name)
 
 
-def to_onnx(model, path, input_size=(257, 257), output="logits", class_names=None, source=None, origin=None,
-            opset=None):
+def to_onnx(model, path: str, *, artifact: modes.Artifact, origin: modes.Origin | None = None,
+            opset: int | None = None) -> dict:
     """Writes a Keras model as a float32 ONNX file (atomically); returns its sidecar dict (also `<path>.json`).
 
-    `source`: the checkpoint the model came from; `origin`: its provenance (default:
-    `kseg.provenance.of_checkpoint(source, model)`); `opset`: the ONNX opset (default: tf2onnx's).
-    A TensorFlow op that tf2onnx cannot convert fails with an ExportError naming it (tf2onnx itself only
-    logs it and writes a file that no runtime loads).
+    `origin`: classes, checkpoint and provenance (default: `Origin.of(model)`); `opset`: the ONNX opset
+    (default: tf2onnx's). A TensorFlow op that tf2onnx cannot convert fails with an ExportError naming it
+    (tf2onnx itself only logs it and writes a file that no runtime loads).
     """
     require_packages()
-    input_size = tuple(int(s) for s in input_size)
-    wrapper = serving_model(model, input_size, output)
-    signature = [keras.InputSpec(shape=(None, *input_size, 3), dtype="float32", name="image")]
+    wrapper = serving_model(model, artifact.input_size, artifact.output)
+    signature = [keras.InputSpec(shape=(None, *artifact.input_size, 3), dtype="float32", name="image")]
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".onnx")
@@ -93,9 +90,10 @@ def to_onnx(model, path, input_size=(257, 257), output="logits", class_names=Non
             raise ExportError(f"{model.name}: ONNX export needs TensorFlow ops that tf2onnx cannot convert: "
                               f"{', '.join(unsupported)}")
         exact_resize_sizes(tmp)
-        runner = OnnxModel(tmp)  # onnxruntime checks the file before it takes the artifact's name
-        ops, opset = runner.ops(), runner.opset()
-        files.publish(tmp, path)
+        opset = OnnxModel(tmp).opset()  # onnxruntime checks the file before it takes the artifact's name
+        return sidecar.publish(tmp, path, model=model, mode="onnx", artifact=artifact,
+                               origin=origin if origin is not None else modes.Origin.of(model),
+                               extras={"opset": opset})
     except ExportError:
         raise
     except Exception as error:
@@ -103,37 +101,6 @@ def to_onnx(model, path, input_size=(257, 257), output="logits", class_names=Non
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-    info = {
-        "format": "onnx",
-        "mode": "onnx",
-        "model": model.name,
-        "source": source,
-        "num_classes": int(model.output_shape[-1]),
-        "class_names": list(class_names) if class_names else None,
-        "input": {
-            "name": runner.input["name"],
-            "shape": [None, *input_size, 3],  # any batch
-            "dtype": "float32",
-            "quantization": None,
-            "normalisation": "RGB pixels in [0, 255]; the model normalises inside",
-        },
-        "output": {
-            "kind": output,
-            "name": runner.output["name"],
-            "shape": [None, *(int(s) for s in runner.output["shape"][1:])],
-            "dtype": runner.output["dtype"].__name__,
-            "quantization": None,
-        },
-        "ops": ops,
-        "opset": opset,
-        "size_bytes": os.path.getsize(path),
-        "calibration": None,
-        "provenance": origin if origin is not None else provenance.of_checkpoint(source, model),
-        "kseg_version": provenance.version(),
-    }
-    litert.write_sidecar(path, info)
-    return info
 
 
 def exact_resize_sizes(path):

@@ -1,8 +1,9 @@
 """Post-training quantization with Google's ai-edge-quantizer (AEQ): int4 weights, and mixed precision chosen by
 measurement.
 
-    info = kseg.deploy.quantizer.to_litert(model, "m_mixed.tflite", "mixed", (257, 257), calibration=train,
-                                    settings=kseg.deploy.modes.ExportSettings(max_drop=0.3))
+    info = kseg.deploy.quantizer.to_litert(model, "m_mixed.tflite", mode="mixed",
+                                           artifact=kseg.deploy.modes.Artifact((257, 257)), calibration=train,
+                                           settings=kseg.deploy.modes.ExportSettings(max_drop=0.3))
     info["quantizer"]["promoted"]   # the ops that mixed kept in float, with what each measured
 
 Both modes start from kseg's builtins-only float32 LiteRT model (`kseg.deploy.litert`), give it the serving signature
@@ -62,42 +63,46 @@ _NO_QUANTIZE = algorithm_manager.AlgorithmName.NO_QUANTIZE
 _MIN_MAX = algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT
 
 
-def to_litert(model, path, mode, input_size, calibration, output="logits", io_dtype="uint8", settings=None,
-              class_names=None, source=None, origin=None, progress=False, extra=None):
+def to_litert(model, path: str, *, mode: str, artifact: modes.Artifact, calibration,
+              origin: modes.Origin | None = None, settings: modes.ExportSettings | None = None,
+              progress: bool = False, extras: dict | None = None) -> dict:
     """Writes `model` as a LiteRT file in an ai-edge-quantizer mode ("int4" or "mixed"); returns the sidecar dict.
 
     `calibration`: a `kseg.data.Split` (mixed scores on its images and masks) or, for int4, a list of float32
     (1, H, W, 3) arrays. `settings` (a `kseg.deploy.modes.ExportSettings`): calibration images, and `max_drop`,
     `promote`, `float_ops`, `float_layers`. The sidecar's "quantizer" entry records the recipe, what stayed in
-    float and why, and for mixed what the search measured; `extra` adds entries (what fine-tuned the model).
+    float and why, and for mixed what the search measured; `extras` adds entries (what fine-tuned the model).
     """
-    with console.quiet(), no_debug_warning():  # AEQ's progress bars, absl notes on recipe overwrites
-        return _to_litert(model, path, mode, input_size, calibration, output, io_dtype,
-                          settings or modes.ExportSettings(), class_names, source, origin, progress, extra)
-
-
-def _to_litert(model, path, mode, input_size, calibration, output, io_dtype, settings, class_names, source, origin,
-               progress, extra):
     spec = modes.get(mode)
     if spec.converter != "aeq":
         raise KsegError(f"export mode {mode!r} is TensorFlow's converter's: use kseg.deploy.litert.to_litert")
     if spec.fine_tune is not None:
         raise KsegError(f"export mode {mode!r} fine-tunes first: export it with kseg.deploy.stage.convert")
-    if io_dtype not in modes.IO_DTYPES:
-        raise KsegError(f"io_dtype must be one of {modes.IO_DTYPES}, got {io_dtype!r}")
     if calibration is None:
         raise KsegError(f"{mode} calibrates its ranges: it needs calibration images (a data split)")
-    input_size = tuple(int(s) for s in input_size)
-    float_model = float_flatbuffer(model, input_size, output)
+    settings = settings or modes.ExportSettings()
+    with console.quiet(), no_debug_warning():  # AEQ's progress bars, absl notes on recipe overwrites
+        quantized, record = _quantized(model, mode=mode, artifact=artifact, calibration=calibration,
+                                       settings=settings, progress=progress)
+    return litert.write_litert(quantized, path, model=model, mode=mode, artifact=artifact, origin=origin,
+                               calibration=litert.calibration_record(mode, calibration, settings.num_calibration),
+                               extras={**(extras or {}), "quantizer": record})
+
+
+def _quantized(model, *, mode, artifact, calibration, settings, progress):
+    """(the quantized flatbuffer, the sidecar's "quantizer" record)."""
+    io_dtype = artifact.io_dtype
+    float_model = float_flatbuffer(model, artifact)
     graph = ops(float_model)
     denylist = Denylist.of(settings, graph)
-    images, masks = calibration_set(calibration, input_size, settings.num_calibration)
-    ranges = calibrate(aeq_quantizer(float_model, mode, io_dtype, denylist), images, input_name(float_model))
+    images, masks = calibration_set(calibration, artifact.input_size, settings.num_calibration)
+    ranges = calibrate(aeq_quantizer(float_model, mode=mode, io_dtype=io_dtype, denylist=denylist), images,
+                       input_name(float_model))
     record = {"tool": f"ai-edge-quantizer {_version()}", "float_ops": list(denylist.ops),
               "float_layers": list(denylist.layers)}
     promoted = []
     if mode == "int4":
-        quantized = quantize(aeq_quantizer(float_model, mode, io_dtype, denylist), ranges)
+        quantized = quantize(aeq_quantizer(float_model, mode=mode, io_dtype=io_dtype, denylist=denylist), ranges)
         record["int8_weights"] = [op.describe(model) for op in int8_ends(graph) if not denylist.covers(op)]
     else:
         if masks is None:
@@ -105,28 +110,29 @@ def _to_litert(model, path, mode, input_size, calibration, output, io_dtype, set
         promote = settings.promote
 
         def build(promoted):
-            return quantize(aeq_quantizer(float_model, mode, io_dtype, denylist, promoted, promote), ranges)
+            return quantize(aeq_quantizer(float_model, mode=mode, io_dtype=io_dtype, denylist=denylist,
+                                          promoted=promoted, promote=promote), ranges)
 
-        search = Search(float_model, graph, images, masks, build, promote,
+        search = Search(float_model, graph, images, masks, build=build, promote=promote,
                         can_promote=lambda op: op.name in _OP_NAMES and not denylist.covers(op)
                         and promotable(op, promote),
                         num_classes=max(int(model.output_shape[-1]), 2), progress=progress)
         quantized, promoted = search.run(settings.max_drop)
         record.update(search.record(promoted, settings.max_drop, model))
-    record["recipe"] = _plain(aeq_quantizer(float_model, mode, io_dtype, denylist, promoted, settings.promote))
+    record["recipe"] = _plain(aeq_quantizer(float_model, mode=mode, io_dtype=io_dtype, denylist=denylist,
+                                            promoted=promoted, promote=settings.promote))
     record["in_float"] = [op.describe(model) for op in float_ops_of(quantized)]
     record["weights"] = weight_types(quantized)
-    return litert.write_litert(quantized, path, model, mode, input_size, calibration, output,
-                               settings.num_calibration, class_names, source, origin,
-                               extra={**(extra or {}), "quantizer": record})
+    return quantized, record
 
 
-def float_flatbuffer(model, input_size, output="logits"):
+def float_flatbuffer(model, artifact: modes.Artifact) -> bytes:
     """kseg's builtins-only float32 LiteRT model (bytes) with a serving signature, as AEQ takes it."""
-    return with_signature(litert.litert_flatbuffer(model, "float32", input_size, output=output))
+    return with_signature(litert.litert_flatbuffer(model, mode="float32", artifact=artifact))
 
 
-def aeq_quantizer(float_model, mode, io_dtype="uint8", denylist=None, promoted=(), promote="float"):
+def aeq_quantizer(float_model: bytes, *, mode: str, io_dtype: str = "uint8", denylist: Denylist | None = None,
+                  promoted=(), promote: str = "float"):
     """An AEQ Quantizer for `float_model` with the recipe of `mode` ("int4" or "mixed"), the denylist and the ops
     `promoted` (mixed); `aeq_quantizer(...).get_quantization_recipe()` is the recipe."""
     denylist = denylist or Denylist()

@@ -1,7 +1,7 @@
 """The export stage: a trained model in, evaluated and timed LiteRT or ONNX artifacts out, each with a manifest entry.
 
     results = kseg.deploy.stage.export_checkpoint("runs/kseg/best.keras", "artifacts", ["float32", "int8"],
-                                           train=train, val=val, threads=(2,))
+                                                  train=train, val=val, threads=(2,))
     kseg.deploy.stage.write_manifest("artifacts", results)     # manifest.json and report.md
 
 `export_artifact` is the one path from a model to an artifact: convert in any mode of
@@ -21,53 +21,52 @@ from kseg.runtime import bench, evaluation
 from kseg.runtime.evaluation import EvaluationResult
 
 
-def convert(model, path, mode, input_size, train=None, settings=None, source=None, output="logits", io_dtype="uint8",
-            class_names=None, origin=None):
+def convert(model, path: str, *, mode: str, artifact: modes.Artifact, origin: modes.Origin | None = None,
+            train=None, settings: modes.ExportSettings | None = None) -> dict:
     """Writes `model` in any export mode (a LiteRT file, or an ONNX file for "onnx"); returns its sidecar dict.
 
     `train` (a `kseg.data.Split`) calibrates int8 ranges and fine-tunes the QAT and pruned modes, as
-    `settings` (a `kseg.deploy.modes.ExportSettings`) says; the ai-edge-quantizer modes (int4, mixed, and qat_int4
-    after `kseg.deploy.compression.int4_aware_training`) are `kseg.deploy.quantizer`'s, and mixed chooses its float
-    ops on those calibration images.
+    `settings` (a `kseg.deploy.modes.ExportSettings`) says; the ai-edge-quantizer modes (int4, mixed, and
+    qat_int4 after `kseg.deploy.compression.int4_aware_training`) are `kseg.deploy.quantizer`'s, and mixed
+    chooses its float ops on those calibration images. `origin` defaults to `Origin.of(model)`, with the
+    training split's class names where it knows none.
     """
     spec = modes.get(mode)
     settings = settings or modes.ExportSettings()
     if spec.needs_data and train is None:
         need = "fine-tunes the model" if spec.fine_tune else "calibrates its ranges"
         raise KsegError(f"{mode} {need}: it needs training data")
-    common = dict(class_names=class_names or (train.class_names if train is not None else None), source=source,
-                  num_calibration=settings.num_calibration, output=output, origin=origin)
+    origin = (origin or modes.Origin.of(model)).with_classes(train.class_names if train is not None else None)
     if spec.format == "onnx":
         from kseg.deploy import onnx_export
 
-        return onnx_export.to_onnx(model, path, input_size, output, common["class_names"], source, origin)
+        return onnx_export.to_onnx(model, path, artifact=artifact, origin=origin)
     learning_rate = settings.qat_learning_rate
     if spec.fine_tune == "qat" and learning_rate is None:
         learning_rate = modes.QAT_LEARNING_RATE[spec.quantization]
     if spec.converter == "aeq":
         from kseg.deploy import quantizer
 
-        tuning = None
+        extras = None
         if spec.fine_tune == "qat":
             from kseg.deploy.compression import qat_int4
 
-            model, tuning = qat_int4.int4_aware_training(model, train, input_size, learning_rate=learning_rate,
-                                                         settings=settings, verbose=0)
-        extra = {"training": "qat", "fine_tune": tuning} if tuning else None
-        return quantizer.to_litert(model, path, spec.quantization, input_size, train, output, io_dtype, settings,
-                                   common["class_names"], source, origin, extra=extra)
+            model, tuning = qat_int4.int4_aware_training(model, train, input_size=artifact.input_size,
+                                                         learning_rate=learning_rate, settings=settings, verbose=0)
+            extras = {"training": "qat", "fine_tune": tuning}
+        return quantizer.to_litert(model, path, mode=spec.quantization, artifact=artifact, calibration=train,
+                                   origin=origin, settings=settings, extras=extras)
     if spec.fine_tune is None:
-        return litert.to_litert(model, path, spec.quantization, input_size, calibration=train, io_dtype=io_dtype,
-                                **common)
+        return litert.to_litert(model, path, mode=spec.quantization, artifact=artifact, origin=origin,
+                                calibration=train, num_calibration=settings.num_calibration)
     from kseg.deploy import compression
 
+    tuning = dict(train_split=train, artifact=artifact, origin=origin, batch_size=settings.batch_size,
+                  num_calibration=settings.num_calibration)
     if spec.fine_tune == "qat":
-        return compression.qat_to_litert(model, path, train, input_size, steps=settings.qat_steps,
-                                         batch_size=settings.batch_size, learning_rate=learning_rate,
-                                         **common)
-    return compression.prune_to_litert(model, path, train, input_size, sparsity=settings.sparsity,
-                                       mode=spec.quantization, epochs=settings.prune_epochs,
-                                       batch_size=settings.batch_size, **common)
+        return compression.qat_to_litert(model, path, steps=settings.qat_steps, learning_rate=learning_rate, **tuning)
+    return compression.prune_to_litert(model, path, sparsity=settings.sparsity, mode=spec.quantization,
+                                       epochs=settings.prune_epochs, **tuning)
 
 
 @dataclasses.dataclass
@@ -90,7 +89,7 @@ class StageResult:
         """The manifest entry: plain JSON."""
         info = self.info
         entry = {"mode": self.mode, "artifact": os.path.basename(self.path), "source": self.source,
-                 "size_bytes": info["size_bytes"], "gzip_bytes": info.get("gzip_bytes") or files.gzip_size(self.path),
+                 "size_bytes": info["size_bytes"], "gzip_bytes": info["gzip_bytes"],
                  "miou": self.miou, "latency_ms": {t: s["mean_ms"] for t, s in self.latency.items()},
                  "agreement": self.agreement, "input": info["input"], "output": info["output"], "ops": info["ops"]}
         entry.update({key: info[key] for key in ("training", "sparsity") if info.get(key) is not None})
@@ -120,15 +119,16 @@ class StageResult:
         return f"{self.path}: " + ", ".join(parts)
 
 
-def export_artifact(model, path, mode, input_size, train=None, val=None, settings=None, threads=(), runs=20,
-                    reference=None, source=None, output="logits", io_dtype="uint8", origin=None):
-    """Export -> evaluate -> time: writes `path` in `mode` and returns a StageResult.
+def export_artifact(model, path: str, *, mode: str, artifact: modes.Artifact, origin: modes.Origin | None = None,
+                    train=None, val=None, settings: modes.ExportSettings | None = None, threads=(), runs: int = 20,
+                    reference: str | None = None) -> "StageResult":
+    """Export -> evaluate -> time: writes `path` in `mode` (`convert`) and returns a StageResult.
 
     Evaluates on `val` when given, times at each of `threads` (`runs` timed calls each) and measures
     agreement with the `reference` artifact (a path) on `val` when both are given.
     """
-    info = convert(model, path, mode, input_size, train, settings, source, output, io_dtype, origin=origin)
-    result = StageResult(mode, path, info, source=source)
+    info = convert(model, path, mode=mode, artifact=artifact, origin=origin, train=train, settings=settings)
+    result = StageResult(mode, path, info, source=info["source"])
     if val is not None:
         result.evaluation = evaluation.evaluate(path, val, progress=False)
         if reference is not None:
@@ -159,20 +159,22 @@ def input_size_of(model, input_size=None, origin=None):
     raise KsegError(f"{model.name} takes any size: give the exported model's input size (--input-size)")
 
 
-def export_checkpoint(checkpoint, out_dir, mode_names, input_size=None, train=None, val=None, settings=None,
-                      threads=(), runs=20, output="logits", io_dtype="uint8", stem=None, agreement=False,
-                      progress=True, source=None):
+def export_checkpoint(checkpoint, out_dir: str, mode_names, *, input_size=None, output: str = "logits",
+                      io_dtype: str = "uint8", train=None, val=None, settings: modes.ExportSettings | None = None,
+                      threads=(), runs: int = 20, stem: str | None = None, agreement: bool = False,
+                      progress: bool = True, source: str | None = None) -> list:
     """Every mode of one checkpoint (a `.keras` path or a Keras model) through `export_artifact`.
 
     Files are `out_dir/<stem>_<mode>.tflite` (`.onnx` for the ONNX mode; stem: the checkpoint's file name,
-    or the model's name).
-    `source`: the file a model given as such was loaded from (for its provenance and the stem).
-    `agreement=True` exports float32 first and compares every artifact with it. Returns StageResults.
+    or the model's name). The input size is `input_size`, else the model's fixed size, else its run's
+    training crop (`input_size_of`). `source`: the file a model given as such was loaded from (for its
+    provenance and the stem). `agreement=True` exports float32 first and compares every artifact with it.
+    Returns StageResults.
     """
     source = checkpoint if isinstance(checkpoint, str) else source
     model = runtime.load_keras(checkpoint) if isinstance(checkpoint, str) else checkpoint
-    origin = provenance.of_checkpoint(source, model)
-    input_size = input_size_of(model, input_size, origin)
+    origin = modes.Origin.of(model, source=source)
+    artifact = modes.Artifact(input_size_of(model, input_size, origin.provenance), output=output, io_dtype=io_dtype)
     for name in mode_names:
         modes.get(name)
     if agreement:
@@ -180,9 +182,9 @@ def export_checkpoint(checkpoint, out_dir, mode_names, input_size=None, train=No
     stem = os.path.join(out_dir, stem or (artifact_stem(source) if source else model.name))
     results, reference = [], None
     for name in mode_names:
-        path = f"{stem}_{name}{modes.get(name).suffix}"
-        result = export_artifact(model, path, name, input_size, train, val, settings, threads, runs, reference,
-                                 source, output, io_dtype, origin)
+        result = export_artifact(model, f"{stem}_{name}{modes.get(name).suffix}", mode=name, artifact=artifact,
+                                 origin=origin, train=train, val=val, settings=settings, threads=threads, runs=runs,
+                                 reference=reference)
         if agreement and reference is None:
             reference = result.path
             result.agreement = 1.0 if val is not None else None

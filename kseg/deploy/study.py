@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from kseg import files, report, runtime
-from kseg.deploy import litert, stage
+from kseg.deploy import litert, modes, stage
 from kseg.deploy.modes import LITERT, ExportSettings
 
 
@@ -42,8 +42,9 @@ def run(model, train, val, out_dir, input_size=None, config=None):
     config = config or StudyConfig()
     source = model if isinstance(model, str) else None
     model = runtime.load_keras(model) if source else model
-    results = stage.export_checkpoint(model, out_dir, config.modes, input_size, train, val, config, config.threads,
-                                      config.runs, agreement=True, progress=config.progress, source=source)
+    results = stage.export_checkpoint(model, out_dir, config.modes, input_size=input_size, train=train, val=val,
+                                      settings=config, threads=config.threads, runs=config.runs, agreement=True,
+                                      progress=config.progress, source=source)
     rows = [result.entry() for result in results]
     for row in rows:
         row["miou_drop"] = rows[0]["miou"] - row["miou"]
@@ -73,7 +74,8 @@ def layer_sensitivity(model, train, input_size, num_calibration=32, top=15):
     import tensorflow as tf
 
     images = litert.calibration_images(train, tuple(input_size), num_calibration)
-    converter = litert.litert_converter(model, "int8", input_size, images)
+    converter = litert.litert_converter(model, mode="int8", artifact=modes.Artifact(tuple(input_size)),
+                                        calibration=images)
     converter.inference_input_type = converter.inference_output_type = tf.float32  # the debugger feeds floats
     with warnings.catch_warnings():  # the debugger runs tf.lite.Interpreter inside; LiteRT has no debugger
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")

@@ -1,5 +1,5 @@
-"""Checks of builder arguments: a wrong value fails at once, in a ValueError (or TypeError) that names the
-argument and what it takes, never deep inside a layer. Every builder starts with them:
+"""Checks of builder arguments: a wrong value fails at once, in an ArgumentError (a KsegError and a ValueError)
+that names the argument and what it takes, never deep inside a layer. Every builder starts with them:
 
     arguments.positive_int("filters", filters)
     arguments.one_of("upsampling", upsampling, UPSAMPLING)
@@ -7,47 +7,49 @@ argument and what it takes, never deep inside a layer. Every builder starts with
 
 import numbers
 
+from kseg.errors import ArgumentError
+
 
 def positive_int(name, value, allow_none=False):
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+        raise ArgumentError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
 
 
 def positive_number(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise ArgumentError(f"{name} must be a positive number, got {value!r}")
 
 
 def rate(name, value):
     """A dropout rate: 0 <= value < 1."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a rate in [0, 1), got {value!r}")
+        raise ArgumentError(f"{name} must be a rate in [0, 1), got {value!r}")
 
 
 def one_of(name, value, choices):
     if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+        raise ArgumentError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 def positive_ints(name, values, count=None):
     """A sequence of positive integers (`count` of them when given)."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}")
+        raise ArgumentError(f"{name} must be a sequence of positive integers, got {values!r}")
     if count is not None and len(values) != count:
-        raise ValueError(f"{name} must give {count} values, got {values!r}")
+        raise ArgumentError(f"{name} must give {count} values, got {values!r}")
     for value in values:
         positive_int(name, value)
 
 
 def options(name, value):
     if value is not None and not isinstance(value, dict):
-        raise ValueError(f"{name} must be a dict of options or None, got {value!r}")
+        raise ArgumentError(f"{name} must be a dict of options or None, got {value!r}")
 
 
 def common(num_classes, name):
     """What every builder takes: a class count and a model name."""
     positive_int("num_classes", num_classes)
     if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
+        raise ArgumentError(f"name must be a non-empty string, got {name!r}")

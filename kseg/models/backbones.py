@@ -17,7 +17,7 @@ from collections.abc import Callable
 import keras
 from keras import layers, ops
 
-from kseg.errors import KsegError, first_line
+from kseg.errors import ArgumentError, KsegError, first_line
 from kseg.models.blocks import BN_MOMENTUM, BatchNormalization, conv_bn_act
 
 # Pixel normalisation of the ImageNet weights, per RGB channel in [0, 255] units: (x - mean) / std.
@@ -48,7 +48,7 @@ class AtrousSchedule:
 
     def __init__(self, output_stride=32):
         if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+            raise ArgumentError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
         self.output_stride = output_stride
         self.stride = 1
         self.rate = 1

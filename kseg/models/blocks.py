@@ -9,6 +9,8 @@ instead of assuming that every stride divides the input.
 import keras
 from keras import layers, ops
 
+from kseg.errors import ArgumentError
+
 
 @keras.saving.register_keras_serializable(package="kseg")
 class ResizeLike(layers.Layer):
@@ -110,7 +112,7 @@ def normalization(kind, name):
         return layers.GroupNormalization(groups=8, name=name)
     if kind == "layer":
         return layers.LayerNormalization(name=name)
-    raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {kind!r}")
+    raise ArgumentError(f"normalization must be one of {NORMALIZATIONS}, got {kind!r}")
 
 
 def conv_bn_act(
@@ -195,7 +197,7 @@ def pixel_input(input_shape, name="image"):
     and a full-integer .tflite alike.
     """
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
+        raise ArgumentError(f"input_shape must be (height, width, channels), got {input_shape!r}")
     return keras.Input(shape=tuple(input_shape), name=name)
 
 

@@ -8,6 +8,7 @@ Convolution for Semantic Image Segmentation", arXiv:1802.02611).
 import keras
 from keras import layers
 
+from kseg.errors import ArgumentError
 from kseg.models import arguments, backbones, blocks
 from kseg.models.registry import register
 
@@ -62,7 +63,7 @@ def deeplabv3plus(
     arguments.options("backbone_kwargs", backbone_kwargs)
     rates = tuple(atrous_rates or DEFAULT_RATES[output_stride])
     if low_level_stride >= output_stride:
-        raise ValueError(f"low_level_stride ({low_level_stride}) must be below output_stride ({output_stride})")
+        raise ArgumentError(f"low_level_stride ({low_level_stride}) must be below output_stride ({output_stride})")
     pixels = blocks.pixel_input(input_shape)
     features = backbones.build(
         backbone, pixels, output_stride=output_stride, weights=backbone_weights, **(backbone_kwargs or {})

@@ -8,6 +8,7 @@ Semantic Segmentation", arXiv:1411.4038).
 import keras
 from keras import layers
 
+from kseg.errors import ArgumentError
 from kseg.models import arguments, backbones, blocks
 from kseg.models.registry import register
 
@@ -43,7 +44,7 @@ def fcn(
     """
     arguments.common(num_classes, name)
     if not set(skips) <= {16, 8} or len(set(skips)) != len(skips) or list(skips) != sorted(skips, reverse=True):
-        raise ValueError(f"skips must be (), (16,) or (16, 8), got {skips!r}")
+        raise ArgumentError(f"skips must be (), (16,) or (16, 8), got {skips!r}")
     arguments.positive_int("fc_filters", fc_filters)
     arguments.rate("dropout", dropout)
     arguments.options("backbone_kwargs", backbone_kwargs)

@@ -3,7 +3,7 @@
 import dataclasses
 from collections.abc import Callable
 
-from kseg.errors import KsegError
+from kseg.errors import ArgumentError, KsegError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,7 @@ def register(name, paper, tiny=None, small=None):
 
     def decorator(build):
         if name in _ARCHITECTURES:
-            raise ValueError(f"architecture {name!r} is already registered")
+            raise ArgumentError(f"architecture {name!r} is already registered")
         _ARCHITECTURES[name] = Architecture(name, build, paper, dict(tiny or {}), dict(small or {}))
         return build
 

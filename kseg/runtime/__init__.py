@@ -1,6 +1,6 @@
-"""Running artifacts: Keras checkpoints, LiteRT and ONNX files behind one interface
-(`kseg.runtime.artifacts`), scoring them (`kseg.runtime.evaluation`), timing them (`kseg.runtime.bench`)
-and LiteRT's per-op profiler (`kseg.runtime.profiler`).
+"""Running trained models: LiteRT and ONNX files behind one interface (`kseg.runtime.artifacts`), labels from
+them or from Keras checkpoints (`kseg.runtime.predictors`), scoring them (`kseg.runtime.evaluation`), timing
+them (`kseg.runtime.bench`) and LiteRT's per-op profiler (`kseg.runtime.profiler`).
 
     import kseg
     labels = kseg.runtime.predictor("model_int8.tflite").labels(images)  # (N, H, W) class indices
@@ -9,16 +9,19 @@ and LiteRT's per-op profiler (`kseg.runtime.profiler`).
 from kseg.runtime.artifacts import (
     ARTIFACTS,
     ArtifactModel,
-    ArtifactPredictor,
-    KerasPredictor,
     LiteRTModel,
-    LiteRTPredictor,
     OnnxModel,
     labels_from_logits,
     load_keras,
     open_artifact,
-    predictor,
 )
+from kseg.runtime.predictors import ArtifactPredictor, KerasPredictor, predictor
 
-__all__ = ["ARTIFACTS", "ArtifactModel", "ArtifactPredictor", "KerasPredictor", "LiteRTModel", "LiteRTPredictor",
-           "OnnxModel", "labels_from_logits", "load_keras", "open_artifact", "predictor"]
+__all__ = ["ARTIFACTS", "ArtifactModel", "ArtifactPredictor", "KerasPredictor", "LiteRTModel", "OnnxModel",
+           "labels_from_logits", "load_keras", "open_artifact", "predictor"]
+
+
+def __getattr__(name):
+    import kseg
+
+    return kseg.submodule(__name__, name)

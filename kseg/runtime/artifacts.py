@@ -10,9 +10,9 @@ outputs are handled here, and any image size is accepted (resized to the file's 
 resized back).
 """
 
-import json
 import os
 import tempfile
+import zipfile
 
 import keras
 import numpy as np
@@ -23,10 +23,13 @@ from kseg import console
 from kseg.errors import KsegError, first_line
 
 
-def load_keras(path):
-    """A `.keras` checkpoint as a Keras model (not compiled); a KsegError for a missing or unreadable file."""
+def load_keras(path: str) -> keras.Model:
+    """A `.keras` checkpoint as a Keras model (not compiled); a KsegError for a missing, corrupt or unreadable
+    file."""
     if not os.path.exists(path):
         raise KsegError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):  # a `.keras` file is a zip archive; Keras says "File not found" otherwise
+        raise KsegError(f"{path}: not a Keras model file: it is corrupt or truncated (not a zip archive)")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:
@@ -37,25 +40,6 @@ def labels_from_logits(logits):
     """uint8 labels from (..., C) logits: argmax, or logit > 0 for a single channel."""
     logits = np.asarray(logits)
     return (logits[..., 0] > 0 if logits.shape[-1] == 1 else logits.argmax(-1)).astype(np.uint8)
-
-
-class KerasPredictor:
-    """Labels from a Keras model (a `.keras` path or a model), a batch at a time."""
-
-    def __init__(self, model):
-        self.model = load_keras(model) if isinstance(model, str) else model
-        self.num_classes = int(self.model.output_shape[-1])
-        if keras.backend.backend() == "tensorflow":
-            self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
-        else:
-            self._call = lambda x: self.model(x, training=False)
-
-    def logits(self, images):
-        """Logits (N, H, W, C) for float32 images (N, H, W, 3) in [0, 255], through one compiled call."""
-        return np.asarray(self._call(np.asarray(images, np.float32)))
-
-    def labels(self, images):
-        return labels_from_logits(self.logits(images))
 
 
 class ArtifactModel:
@@ -278,31 +262,3 @@ def open_artifact(path, num_threads=None):
     if runner is None:
         raise KsegError(f"{path}: expected a {' or '.join(ARTIFACTS)} file")
     return runner(path, num_threads=num_threads)
-
-
-class ArtifactPredictor:
-    """Labels from an exported file (`.tflite` or `.onnx`), one image at a time, at the file's input size."""
-
-    def __init__(self, path, num_threads=None):
-        self.runner = open_artifact(path, num_threads)
-        shape = self.runner.output["shape"]
-        self.num_classes = None if self.runner.output_kind == "labels" else int(shape[-1])
-        sidecar = path + ".json"
-        if os.path.exists(sidecar):
-            with open(sidecar) as f:
-                self.num_classes = json.load(f).get("num_classes", self.num_classes)
-
-    def labels(self, images):
-        return np.stack([self.runner.labels(image) for image in images])
-
-
-LiteRTPredictor = ArtifactPredictor  # its name before ONNX files ran too
-
-
-def predictor(model, num_threads=None):
-    """A predictor for a Keras model, a `.keras` path, or an exported `.tflite` or `.onnx` path."""
-    if isinstance(model, str) and os.path.splitext(model)[1].lower() in ARTIFACTS:
-        return ArtifactPredictor(model, num_threads)
-    if isinstance(model, str) and not model.endswith(".keras"):
-        raise KsegError(f"{model}: expected a .keras, .tflite or .onnx file")
-    return KerasPredictor(model)

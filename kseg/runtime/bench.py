@@ -140,7 +140,8 @@ def _in_fresh_process(**arguments):
     import subprocess
     import sys
 
-    code = "import json, sys; from kseg import bench; print(json.dumps(bench.benchmark(**json.loads(sys.argv[1]))))"
+    code = ("import json, sys; from kseg.runtime import bench; "
+            "print(json.dumps(bench.benchmark(**json.loads(sys.argv[1]))))")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-c", code, json.dumps(arguments)], capture_output=True, text=True, env=env)
     if done.returncode != 0:

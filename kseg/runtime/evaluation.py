@@ -13,7 +13,7 @@ import numpy as np
 import kseg.data
 from kseg import metrics, report
 from kseg.errors import KsegError
-from kseg.runtime import ArtifactPredictor, KerasPredictor, LiteRTPredictor, predictor  # noqa: F401 - its names too
+from kseg.runtime.predictors import predictor
 
 
 @dataclasses.dataclass

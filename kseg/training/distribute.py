@@ -17,6 +17,7 @@ multi-worker strategy is made.
 
 import dataclasses
 import json
+import math
 import os
 import re
 
@@ -231,3 +232,29 @@ def lost_worker(error, out_dir):
     who = ", ".join(named) or "another worker"
     return (f"{who} stopped or cannot be reached ({type(error).__name__}); start every worker again with the same "
             f"command: the run resumes from the chief's backup in {out_dir}")
+
+
+def worker_batches(cluster, train_split, val_split, *, batch_size, crop_size, seed, augment, cache):
+    """(training, validation) datasets of this worker. Each worker reads its own share of the images, in global
+    batches that tf.distribute splits into per-worker ones (sharding "OFF": already done). Validation batches
+    are split between the workers ("DATA"): as many steps as with the global batch, each as small as that
+    allows, so that the few blank examples that make every worker's part whole (`pad`) are as few as possible."""
+    import kseg.data
+
+    global_batch = batch_size * cluster.workers
+    own = shard(train_split, cluster.workers, cluster.index)
+    train = kseg.data.pipeline(own, global_batch, size=tuple(crop_size), training=True,
+                               seed=seed + WORKER_SEED_STRIDE * cluster.index, repeat=True, cache=cache, **augment)
+    val_steps = math.ceil(len(val_split) / global_batch)
+    val_batch = cluster.workers * math.ceil(len(val_split) / (cluster.workers * val_steps))
+    val = kseg.data.pipeline(pad(val_split, val_batch), val_batch, cache=cache)
+    return with_sharding(train, "OFF"), with_sharding(val, "DATA")
+
+
+def agree_on_resume(cluster, state):
+    """The chief's resume state (rounds done, seconds spent, round length, timed steps) on every worker: the
+    others resume from it (`SyncFromChief` gives them its weights)."""
+    rounds, seconds, val_every, timing_steps = cluster.broadcast(
+        [state.rounds, state.seconds, state.config.get("val_every") or 0, state.config.get("timing_steps", 0)])
+    config = {"val_every": int(val_every) or None, "timing_steps": int(timing_steps)} if rounds else {}
+    return dataclasses.replace(state, rounds=int(rounds), seconds=seconds, config=config)

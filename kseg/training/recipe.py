@@ -30,16 +30,13 @@ import math
 import numpy as np
 
 from kseg.models import registry
+from kseg.training.config import BATCH_RANGE, CROP, LEARNING_RATE, PIXELS_PER_BATCH
 
 SMALL_DATA = 500
-CROP = 256
 CROP_LARGE_DATA = 512  # from LARGE_DATA training images with large pictures
 LARGE_DATA = 2000
-PIXELS_PER_BATCH = 4 * 128 * 128  # short runs on CPUs learn most from many small steps
-BATCH_RANGE = (4, 16)
 EPOCHS = 30
 STEP_RANGE = (1000, 40000)
-LEARNING_RATE = 1e-3
 RARE_CLASS = 0.10
 DEFAULT_MODEL = "unet"
 SHORT_RUN = {"steps": 5000, "seconds": 1200}

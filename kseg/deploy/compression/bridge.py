@@ -146,7 +146,7 @@ def to_tf_keras(model, input_size=None, check=True, atol=None):
             raise KsegError(f"layer {layer.name!r} ({type(layer).__name__}): its weights do not fit the "
                             f"tf_keras twin ({first_line(error)})") from error
     if check:
-        _check_twin(model, twin, input_size, probes, atol)
+        _check_twin(model, twin, input_size=input_size, probes=probes, atol=atol)
     return twin
 
 
@@ -274,7 +274,7 @@ def _translate(value):
     return value
 
 
-def _check_twin(model, twin, input_size, probes, atol):
+def _check_twin(model, twin, *, input_size, probes, atol):
     channels = model.inputs[0].shape[-1]
     x = np.random.default_rng(0).uniform(0, 255, (1, *input_size, channels)).astype("float32")
     want = [keras.ops.convert_to_numpy(t) for t in tf.nest.flatten(model(x, training=False))]

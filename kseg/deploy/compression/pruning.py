@@ -1,6 +1,7 @@
 """Magnitude pruning of a Keras 3 kseg model through its tf_keras twin, and its LiteRT export.
 
-    info = kseg.deploy.compression.prune_to_litert(model, "model_pruned.tflite", train, (257, 257), sparsity=0.5)
+    info = kseg.deploy.compression.prune_to_litert(model, "model_pruned.tflite", train_split=train,
+                                                   artifact=kseg.deploy.modes.Artifact((257, 257)), sparsity=0.5)
 """
 
 import numpy as np
@@ -16,7 +17,7 @@ from kseg.errors import KsegError
 DEFAULTS = modes.ExportSettings()
 
 
-def prune(model, train_split, input_size=None, target_sparsity=DEFAULTS.sparsity, epochs=1, steps=None,
+def prune(model, train_split, *, input_size=None, target_sparsity=DEFAULTS.sparsity, epochs=1, steps=None,
           batch_size=DEFAULTS.batch_size, learning_rate=1e-4, loss=None, exclude=(), freeze_batch_norm=True,
           callbacks=None, verbose=0, run_eagerly=False):
     """Magnitude-prunes a Keras 3 kseg model while fine-tuning; returns (stripped tf_keras model, sparsity).
@@ -30,7 +31,7 @@ def prune(model, train_split, input_size=None, target_sparsity=DEFAULTS.sparsity
     if not 0 <= target_sparsity < 1:
         raise KsegError(f"target sparsity must be in [0, 1), got {target_sparsity!r}")
     input_size = bridge.static_input_size(model, input_size)
-    twin = bridge.to_tf_keras(model, input_size)
+    twin = bridge.to_tf_keras(model, input_size=input_size)
     if freeze_batch_norm:
         tuning.freeze_batch_norm(twin.layers)
     if steps is None:
@@ -55,8 +56,8 @@ def prune(model, train_split, input_size=None, target_sparsity=DEFAULTS.sparsity
     if not wrappers:
         raise KsegError(f"{model.name}: no layer has kernels that tfmot can prune")
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep(), *(callbacks or [])]
-    tuning.fit(pruned, train_split, input_size, epochs, steps, batch_size, learning_rate, loss, callbacks, verbose,
-               run_eagerly)
+    tuning.fit(pruned, train_split, input_size=input_size, epochs=epochs, steps=steps, batch_size=batch_size,
+               learning_rate=learning_rate, loss=loss, callbacks=callbacks, verbose=verbose, run_eagerly=run_eagerly)
     kernels = [weight for layer in wrappers for weight in layer.layer.get_prunable_weights()]
     with tfmot.quantization.keras.quantize_scope(bridge.custom_objects()):
         stripped = tfmot.sparsity.keras.strip_pruning(pruned)
@@ -75,21 +76,19 @@ def zero_share(weights):
     return sum(int((a == 0).sum()) for a in arrays) / max(sum(a.size for a in arrays), 1)
 
 
-def prune_to_litert(model, path, train_split, input_size=None, sparsity=DEFAULTS.sparsity, mode="float32",
+def prune_to_litert(model, path, *, train_split, artifact, origin=None, sparsity=DEFAULTS.sparsity, mode="float32",
                     epochs=DEFAULTS.prune_epochs, steps=None, batch_size=DEFAULTS.batch_size, learning_rate=1e-4,
-                    output="logits", num_calibration=DEFAULTS.num_calibration, class_names=None, source=None,
-                    verbose=0, origin=None, **options):
-    """Pruning while fine-tuning, then a LiteRT file in a post-training `mode` (float32, float16, dynamic, int8
-    or int16x8). Returns the sidecar dict; `options` go to `prune` (loss, exclude, freeze_batch_norm,
-    run_eagerly, callbacks)."""
+                    num_calibration=DEFAULTS.num_calibration, verbose=0, **options):
+    """Pruning while fine-tuning at `artifact.input_size`, then a LiteRT file in a post-training `mode` (float32,
+    float16, dynamic, int8 or int16x8). Returns the sidecar dict; `options` go to `prune` (loss, exclude,
+    freeze_batch_norm, run_eagerly, callbacks)."""
     if modes.get(mode).fine_tune:
         raise KsegError(f"pruned models convert in a post-training mode ({', '.join(modes.POST_TRAINING)}), "
                         f"not {mode}")
-    input_size = bridge.static_input_size(model, input_size)
-    stripped, measured = prune(model, train_split, input_size, sparsity, epochs, steps, batch_size, learning_rate,
+    stripped, measured = prune(model, train_split, input_size=artifact.input_size, target_sparsity=sparsity,
+                               epochs=epochs, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                                verbose=verbose, **options)
-    calibration = train_split if modes.MODES[mode].calibrates else None
-    return tuning.export_tf_keras(stripped, path, mode, input_size, calibration=calibration, output=output,
-                                  num_calibration=num_calibration,
-                                  class_names=class_names or train_split.class_names, source=source,
-                                  training="pruned", sparsity=measured, origin=origin)
+    origin = (origin or modes.Origin.of(model)).with_classes(train_split.class_names)
+    return tuning.export_tf_keras(stripped, path, mode=mode, artifact=artifact, origin=origin,
+                                  calibration=train_split if modes.MODES[mode].calibrates else None,
+                                  num_calibration=num_calibration, training="pruned", sparsity=measured)

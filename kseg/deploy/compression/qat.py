@@ -1,11 +1,14 @@
 """Quantization-aware training (QAT) of a Keras 3 kseg model through its tf_keras twin, and its int8 export.
 
-    info = kseg.deploy.compression.qat_to_litert(model, "model_qat.tflite", train, input_size=(257, 257), steps=500)
+    artifact = kseg.deploy.modes.Artifact((257, 257))
+    info = kseg.deploy.compression.qat_to_litert(model, "model_qat.tflite", train_split=train, artifact=artifact,
+                                                 steps=500)
 
 or step by step:
 
-    qat = kseg.deploy.compression.quantization_aware_training(model, train, (257, 257), steps=500)
-    kseg.deploy.compression.export_tf_keras(qat, "model_qat.tflite", "int8", calibration=train, training="qat")
+    qat = kseg.deploy.compression.quantization_aware_training(model, train, input_size=(257, 257), steps=500)
+    kseg.deploy.compression.export_tf_keras(qat, "model_qat.tflite", mode="int8", artifact=artifact,
+                                            calibration=train, training="qat")
 """
 
 import re
@@ -15,7 +18,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
-from kseg.deploy import litert
+from kseg.deploy import litert, modes
 from kseg.deploy.compression import bridge, tuning
 from kseg.deploy.modes import QAT_LEARNING_RATE, ExportSettings
 from kseg.errors import KsegError, first_line
@@ -105,7 +108,7 @@ def initialise_ranges(qat_model, twin, images):
     _pin_input_range(qat_model)
 
 
-def quantization_aware_training(model, train_split, input_size=None, epochs=1, steps=DEFAULTS.qat_steps,
+def quantization_aware_training(model, train_split, *, input_size=None, epochs=1, steps=DEFAULTS.qat_steps,
                                 batch_size=DEFAULTS.batch_size, learning_rate=QAT_LEARNING_RATE["int8"], loss=None,
                                 num_calibration=16, freeze_batch_norm=True, callbacks=None, verbose=0,
                                 run_eagerly=False):
@@ -121,32 +124,29 @@ def quantization_aware_training(model, train_split, input_size=None, epochs=1, s
     `freeze_batch_norm` runs batch norm on its moving statistics (and keeps gamma and beta): small
     fine-tuning batches would otherwise pull the statistics of a trained model away from it.
     `run_eagerly` skips graph tracing, which is quicker for a handful of steps.
-    Export with `export_tf_keras(qat, path, "int8", ..., training="qat")`.
+    Export with `export_tf_keras(qat, path, mode="int8", artifact=..., training="qat")`.
     """
     input_size = bridge.static_input_size(model, input_size)
-    twin = bridge.to_tf_keras(model, input_size)
+    twin = bridge.to_tf_keras(model, input_size=input_size)
     qat = quantize_twin(twin)
     initialise_ranges(qat, twin, litert.calibration_images(train_split, input_size, num_calibration))
     if freeze_batch_norm:
         tuning.freeze_batch_norm(getattr(wrapper, "layer", None) for wrapper in qat.layers)
-    tuning.fit(qat, train_split, input_size, epochs, steps, batch_size, learning_rate, loss, callbacks, verbose,
-               run_eagerly)
+    tuning.fit(qat, train_split, input_size=input_size, epochs=epochs, steps=steps, batch_size=batch_size,
+               learning_rate=learning_rate, loss=loss, callbacks=callbacks, verbose=verbose, run_eagerly=run_eagerly)
     _pin_input_range(qat)
     return qat
 
 
-def qat_to_litert(model, path, train_split, input_size=None, epochs=1, steps=DEFAULTS.qat_steps,
-                  batch_size=DEFAULTS.batch_size, learning_rate=QAT_LEARNING_RATE["int8"], output="logits",
-                  num_calibration=DEFAULTS.num_calibration, class_names=None, source=None, verbose=0, origin=None,
-                  **options):
-    """Quantization-aware training, then a full-int8 LiteRT file (uint8 I/O); returns the sidecar dict.
+def qat_to_litert(model, path, *, train_split, artifact, origin=None, epochs=1, steps=DEFAULTS.qat_steps,
+                  batch_size=DEFAULTS.batch_size, learning_rate=QAT_LEARNING_RATE["int8"],
+                  num_calibration=DEFAULTS.num_calibration, verbose=0, **options):
+    """Quantization-aware training at `artifact.input_size`, then a full-int8 LiteRT file; returns the sidecar dict.
 
     `options` go to `quantization_aware_training` (loss, freeze_batch_norm, run_eagerly, callbacks).
     """
-    input_size = bridge.static_input_size(model, input_size)
-    qat = quantization_aware_training(model, train_split, input_size, epochs, steps, batch_size, learning_rate,
-                                      verbose=verbose, **options)
-    return tuning.export_tf_keras(qat, path, "int8", input_size, calibration=train_split, output=output,
-                                  num_calibration=num_calibration,
-                                  class_names=class_names or train_split.class_names, source=source,
-                                  training="qat", origin=origin)
+    qat = quantization_aware_training(model, train_split, input_size=artifact.input_size, epochs=epochs, steps=steps,
+                                      batch_size=batch_size, learning_rate=learning_rate, verbose=verbose, **options)
+    origin = (origin or modes.Origin.of(model)).with_classes(train_split.class_names)
+    return tuning.export_tf_keras(qat, path, mode="int8", artifact=artifact, origin=origin, calibration=train_split,
+                                  num_calibration=num_calibration, training="qat")

@@ -16,7 +16,8 @@ them exactly as the fine-tune did:
 Plain Keras 3 (`keras.ops`, `model.fit`), no tf_keras bridge or tfmot: any kseg model fine-tunes.
 
     tuned, record = kseg.deploy.compression.int4_aware_training(model, train, input_size=(192, 224))
-    kseg.deploy.stage.convert(tuned, "model_int4.tflite", "int4", (192, 224), train=train)
+    kseg.deploy.stage.convert(tuned, "model_int4.tflite", mode="int4", artifact=kseg.deploy.modes.Artifact((192, 224)),
+                              train=train)
 
 or in one step, `kseg export run/best.keras --modes qat_int4`.
 """
@@ -71,7 +72,7 @@ def int4_layers(model, input_size, settings=None):
     their weights are rounded after the fine-tune only, as in post-training int4.
     """
     settings = settings or modes.ExportSettings()
-    graph = litert_graph.ops(quantizer.float_flatbuffer(model, input_size))
+    graph = litert_graph.ops(quantizer.float_flatbuffer(model, modes.Artifact(input_size)))
     denylist = litert_graph.Denylist.of(settings, graph)
     kept = {op.index for op in quantizer.int8_ends(graph)}
     convs = {layer.name for layer in model.layers if type(layer) is keras.layers.Conv2D}
@@ -98,7 +99,7 @@ def with_fake_quantization(model, layer_names, bits=4):
     return twin
 
 
-def int4_aware_training(model, train_split, input_size, steps=None, learning_rate=None, batch_size=None,
+def int4_aware_training(model, train_split, *, input_size, steps=None, learning_rate=None, batch_size=None,
                         settings=None, layers=None, verbose=0):
     """Fine-tunes `model` with its int4 kernels simulated; returns `(tuned, record)`: a model of the same
     architecture (plain Conv2D layers) whose weights export to int4 with little loss, and what the fine-tune

@@ -4,12 +4,12 @@ import tensorflow as tf
 import tf_keras
 
 import kseg.data
-from kseg import files
 from kseg.data.source import IGNORE_LABEL
 from kseg.deploy import litert
 from kseg.deploy.litert import CALIBRATION_IMAGES
 from kseg.errors import KsegError
 from kseg.training import recipe
+from kseg.training.config import AUGMENTATIONS
 
 
 class MaskedCrossEntropy(tf_keras.losses.Loss):
@@ -40,8 +40,8 @@ class MaskedCrossEntropy(tf_keras.losses.Loss):
         return {**super().get_config(), "ignore_label": self.ignore_label}
 
 
-def fit(model, train_split, input_size, epochs, steps, batch_size, learning_rate, loss=None, callbacks=(), verbose=0,
-        run_eagerly=False):
+def fit(model, train_split, *, input_size, epochs, steps, batch_size, learning_rate, loss=None, callbacks=(),
+        verbose=0, run_eagerly=False):
     """Fine-tunes a tf_keras model with Adam on `kseg.data.pipeline(train_split, ..., training=True)`, augmented
     as `kseg.training.recipe.fine_tune` says for a short run on this data.
 
@@ -64,7 +64,7 @@ def check_classes(model, train_split):
 def batches(train_split, batch_size, input_size, repeat=True):
     """Fine-tuning batches of `train_split` at `input_size`, augmented as `kseg.training.recipe.fine_tune` says for a
     short run on this data (QAT and pruning alike)."""
-    augment = kseg.data.AUGMENTATIONS[recipe.fine_tune(train_split)["augment"]]
+    augment = AUGMENTATIONS[recipe.fine_tune(train_split)["augment"]]
     return kseg.data.pipeline(train_split, batch_size, size=input_size, training=True, repeat=repeat, **augment)
 
 
@@ -76,30 +76,23 @@ def freeze_batch_norm(layers):
             layer.trainable = False  # tf_keras runs a non-trainable batch norm in inference mode
 
 
-def export_tf_keras(tf_keras_model, path, mode="float32", input_size=None, calibration=None, output="logits",
-                    num_calibration=CALIBRATION_IMAGES, class_names=None, source=None, training=None, sparsity=None,
-                    origin=None):
+def export_tf_keras(tf_keras_model, path, *, mode, artifact, origin=None, calibration=None,
+                    num_calibration=CALIBRATION_IMAGES, training=None, sparsity=None):
     """Writes a tf_keras model (a QAT or pruned twin) as a builtins-only LiteRT file; returns the sidecar dict.
 
     `kseg.deploy.litert.to_litert` does the conversion, so its guarantees hold: builtin ops only, atomic
     write, "int8" with uint8 I/O that takes raw pixels. A QAT model converts with the ranges it
     learned (calibration images only fill ranges it lacks). The sidecar adds "training" ("qat",
-    "pruned" or None), "sparsity" when given, and for pruned models "gzip_bytes" (the download size).
+    "pruned" or None) and "sparsity" when given.
     """
     built = tuple(tf_keras_model.inputs[0].shape[1:3])
-    input_size = tuple(int(s) for s in input_size) if input_size else built
-    if built != input_size:
+    if built != artifact.input_size:
         raise KsegError(f"{tf_keras_model.name} is built for {built[0]}x{built[1]}, not "
-                        f"{input_size[0]}x{input_size[1]}")
+                        f"{artifact.input_size[0]}x{artifact.input_size[1]}")
     if training == "qat" and mode != "int8":
         raise KsegError(f"a quantization-aware trained model exports as int8, not {mode}")
-    info = litert.to_litert(tf_keras_model, path, mode, input_size=input_size, calibration=calibration,
-                            output=output, num_calibration=num_calibration, class_names=class_names, source=source,
-                            origin=origin)
-    info["training"] = training
+    extras = {"training": training}
     if sparsity is not None:
-        info["sparsity"] = round(float(sparsity), 4)
-    if training == "pruned":
-        info["gzip_bytes"] = files.gzip_size(path)
-    litert.write_sidecar(path, info)
-    return info
+        extras["sparsity"] = round(float(sparsity), 4)
+    return litert.to_litert(tf_keras_model, path, mode=mode, artifact=artifact, origin=origin,
+                            calibration=calibration, num_calibration=num_calibration, extras=extras)

@@ -1,0 +1,140 @@
+"""What a training run is told (`TrainConfig`: each field is a `kseg train` flag, its help and choices stated
+here once) and what it returns (`TrainResult`). Plain data without TensorFlow, so the command line builds its
+parser from it cheaply.
+
+    config = kseg.training.TrainConfig(data="my_folder", time_budget=120, out_dir="runs/a")
+    config.check()  # a KsegError naming the first setting that cannot work, before anything runs
+
+Settings left at None are chosen from the data by `kseg.training.recipe.choose`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from kseg.errors import KsegError
+
+if TYPE_CHECKING:
+    import keras
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+DISTRIBUTIONS = ("mirrored", "multiworker")
+PRECISIONS = ("mixed_float16", "mixed_bfloat16")
+# The recipe's defaults that the flags' help states (`kseg.training.recipe` holds the rest).
+CROP = 256  # crop side, where an image does not fit whole
+PIXELS_PER_BATCH = 4 * 128 * 128  # short runs on CPUs learn most from many small steps
+BATCH_RANGE = (4, 16)
+LEARNING_RATE = 1e-3
+# Augmentation presets: keyword arguments of `kseg.data.pipeline` for training batches.
+AUGMENTATIONS = {
+    "natural": dict(scale_range=(0.5, 2.0), flip=True, vertical_flip=False, rotate90=False, jitter="color"),
+    "flip": dict(scale_range=(1.0, 1.0), flip=True, vertical_flip=False, rotate90=False, jitter=None),
+    "turns": dict(scale_range=(1.0, 1.0), flip=True, vertical_flip=True, rotate90=True, jitter=None),
+    "topdown": dict(scale_range=(0.75, 1.33), flip=True, vertical_flip=True, rotate90=True, jitter="brightness"),
+    "none": dict(scale_range=(1.0, 1.0), flip=False, vertical_flip=False, rotate90=False, jitter=None),
+}
+
+
+def setting(default: Any = None, help: str = "", flag: str | None = None, choices=None, kind=None,
+            metavar: str | None = None) -> Any:
+    """A TrainConfig field and its command-line flag: `help` (the default is appended where it is not None),
+    `flag` (default: `--` and the field name with dashes), `choices`, `kind` (the flag's type: the default's
+    when None)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "kind": kind, "metavar": metavar}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str = setting("auto", "architecture name (see: kseg models); auto: chosen from the data")
+    model_kwargs: dict | None = setting(None, "builder arguments", flag="--model-arg", kind="key=value",
+                                        metavar="KEY=VALUE")
+    data: str = setting("synthetic", "folder, packed shards, 'synthetic' or 'tfds:NAME'")
+    data_options: dict = setting({}, kind="internal")  # e.g. {"num_images": 64} for synthetic
+    val_data: str | None = setting(None, "validation data (default: the val split of --data, or a fifth of it)")
+    num_classes: int | None = setting(None, "classes (default: from the data)", kind=int)
+    crop_size: tuple | None = setting(None, "training crop, e.g. 256 or 256x320 (default: the whole image when it "
+                                            f"fits in {CROP}x{CROP}, else {CROP}x{CROP} crops)", kind="size")
+    batch_size: int | None = setting(None, f"images a step (default: about {PIXELS_PER_BATCH} pixels, "
+                                           f"{BATCH_RANGE[0]} to {BATCH_RANGE[1]} images)", kind=int)
+    steps: int | None = setting(None, "total training steps", kind=int)
+    epochs: float | None = setting(None, "passes over the training data", kind=float)
+    time_budget: float | None = setting(None, "train for this long (wall clock from the command's start, loading "
+                                              "and the final saves included), then stop with the best checkpoint",
+                                        kind=float, metavar="SECONDS")
+    steps_per_epoch: int | None = setting(None, "with --epochs: an epoch is this many steps", kind=int)
+    val_every: int | None = setting(None, "validate and save every N steps (default: about 10 times a run, each "
+                                          "at most 5% of its round)", kind=int, metavar="STEPS")
+    optimizer: str = setting("adam", choices=OPTIMIZERS)
+    learning_rate: float | None = setting(None, f"initial learning rate, poly decay to 0 (default {LEARNING_RATE:g})",
+                                          flag="--lr", kind=float)
+    weight_decay: float = setting(0.0, "weight decay (adamw: default 1e-4, sgd: none)")
+    poly_power: float = setting(0.9, "power of the learning rate's poly decay")
+    loss: str | None = setting(None, "e.g. ce, dice, lovasz, ce+0.5*dice (default: from the class balance)")
+    augment: str | None = setting(None, "natural photos (scale, colour), topdown images (microscopy, aerial: "
+                                        "flips, turns), flips, turns or none (default: from the images and the "
+                                        "run's length)", choices=tuple(AUGMENTATIONS))
+    seed: int = setting(0, "random seed of weights, shuffling and augmentation")
+    mixed_precision: str | None = setting(None, "mixed_float16 (GPU) or mixed_bfloat16 (recent CPUs, TPU)",
+                                          choices=PRECISIONS)
+    distribute: str | None = setting(None, "mirrored: every local GPU (or the CPU); multiworker: several "
+                                           "machines, each with its TF_CONFIG (batch size per worker; the chief "
+                                           "writes --out)", choices=DISTRIBUTIONS)
+    out_dir: str = setting("runs/kseg", "run folder: best.keras, last.keras, log.csv, config.json", flag="--out")
+    overwrite: bool = setting(False, "replace a finished run in --out")
+    verbose: int = setting(1, "1: a progress bar, 2: one line a round, 0: settings and summary only",
+                           choices=(0, 1, 2))
+
+    @classmethod
+    def from_json(cls, path: str, **overrides) -> TrainConfig:
+        """The config a run stored in its `config.json` (to repeat it), with `overrides` applied."""
+        try:
+            with open(path) as f:
+                stored = json.load(f)
+        except (OSError, ValueError) as error:
+            raise KsegError(f"{path}: cannot read a training config ({error})") from None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: (tuple(v) if k == "crop_size" and v else v) for k, v in stored.items() if k in fields}
+        return cls(**{**values, **overrides})
+
+    def check(self) -> TrainConfig:
+        """Itself, once every setting it states can work; else a KsegError naming the first that cannot."""
+        for name in ("batch_size", "steps", "steps_per_epoch", "val_every", "num_classes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise KsegError(f"{name} must be a positive whole number, got {value!r}")
+        for name in ("epochs", "time_budget", "learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise KsegError(f"{name} must be a positive number, got {value!r}")
+        if self.crop_size is not None:
+            crop = tuple(self.crop_size)
+            if len(crop) != 2 or not all(isinstance(s, int) and s > 0 for s in crop):
+                raise KsegError(f"crop_size must be two positive whole numbers (height, width), got {self.crop_size!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 1):
+            raise KsegError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
+        if not (isinstance(self.poly_power, (int, float)) and self.poly_power >= 0):
+            raise KsegError(f"poly_power must be 0 or more, got {self.poly_power!r}")
+        for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("distribute", self.distribute, (None, *DISTRIBUTIONS)),
+                                     ("mixed_precision", self.mixed_precision, (None, *PRECISIONS)),
+                                     ("augment", self.augment, (None, *AUGMENTATIONS))):
+            if value not in allowed:
+                raise KsegError(f"unknown {name} {value!r}; available: {', '.join(a for a in allowed if a)}")
+        return self
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: keras.Model
+    history: dict
+    best_path: str
+    last_path: str
+    initial_epoch: int
+    summary: dict = dataclasses.field(default_factory=dict)
+    worker_weights: str | None = None  # multi-worker, on the other workers: their final weights (a temporary file)
