@@ -51,6 +51,10 @@ def test_odd_sizes_give_ceil_stage_sizes_and_input_sized_logits(size):
         assert tuple(model.get_layer(f"stage{stage}_norm").output.shape[1:3]) == tuple(-(-s // stride) for s in size)
     x = np.random.default_rng(0).uniform(0, 255, (2, *size, 3)).astype("float32")
     assert tuple(model(x).shape) == (2, *size, 5)
+    # A call without `training` is inference (keras-hub#2495: keras-hub's SegFormer runs its decoder's batch norm
+    # on batch statistics there, so its LiteRT test compares the file with a training-mode reference).
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x)),
+                                  keras.ops.convert_to_numpy(model(x, training=False)))
     dynamic = kseg.models.get("segformer", 5, tiny=True)
     dynamic.set_weights(model.get_weights())
     np.testing.assert_allclose(keras.ops.convert_to_numpy(dynamic(x)), keras.ops.convert_to_numpy(model(x)),
