@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kseg
-from kseg.models import backbones, blocks
+from kseg.models import backbones, blocks, custom_layers
 
 NUM_CLASSES = 3
 SHAPES = [(64, 64), (61, 83)]
@@ -63,8 +63,8 @@ def test_registry_rejects_unknown_names_with_the_list():
 
 
 def test_resize_like_layer_config_round_trip():
-    layer = blocks.ResizeLike("nearest", name="fit")
-    clone = blocks.ResizeLike.from_config(layer.get_config())
+    layer = custom_layers.ResizeLike("nearest", name="fit")
+    clone = custom_layers.ResizeLike.from_config(layer.get_config())
     assert clone.interpolation == "nearest" and clone.name == "fit"
     x, ref = np.ones((1, 3, 5, 2), "float32"), np.zeros((1, 7, 9, 4), "float32")
     assert tuple(layer([x, ref]).shape) == (1, 7, 9, 2)

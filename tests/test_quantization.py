@@ -44,7 +44,7 @@ def trained():
     images, _ = next(iter(kseg.data.pipeline(train, 32, size=SIZE)))
     model(images, training=True)
     for layer in norms:
-        layer.momentum = kseg.models.blocks.BN_MOMENTUM
+        layer.momentum = kseg.models.custom_layers.BN_MOMENTUM
     val = kseg.data.from_synthetic("val", num_images=8, size=SIZE)
     val_images = np.stack([x.astype("float32") for x, _ in val.examples.as_numpy_iterator()])
     return model, train, val_images

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kseg
-from kseg.models import blocks
+from kseg.models import custom_layers
 
 
 def _unpool_reference(x, before):
@@ -24,7 +24,7 @@ def test_max_unpooling_puts_values_where_the_maxima_were(size):
     before = rng.integers(0, 4, (2, *size, 3)).astype("float32")  # small integers: many ties
     pooled = keras.layers.MaxPooling2D(2, padding="same")(before)
     x = rng.normal(size=tuple(pooled.shape)).astype("float32")
-    layer = blocks.MaxUnpooling2D.from_config(blocks.MaxUnpooling2D(name="unpool").get_config())
+    layer = custom_layers.MaxUnpooling2D.from_config(custom_layers.MaxUnpooling2D(name="unpool").get_config())
     got = keras.ops.convert_to_numpy(layer([x, before]))
     np.testing.assert_array_equal(got, _unpool_reference(x, before))
 
@@ -32,12 +32,12 @@ def test_max_unpooling_puts_values_where_the_maxima_were(size):
 def test_bilinear_initializer_upsamples_like_bilinear_interpolation():
     x = np.arange(6 * 6, dtype="float32").reshape(1, 6, 6, 1)  # a ramp: bilinear keeps it linear
     layer = keras.layers.Conv2DTranspose(1, 4, strides=2, padding="same", use_bias=False,
-                                         kernel_initializer=blocks.BilinearUpsampling())
+                                         kernel_initializer=custom_layers.BilinearUpsampling())
     y = keras.ops.convert_to_numpy(layer(x))[0, 2:-2, 2:-2, 0]  # borders see zero padding
     steps = np.diff(y, axis=1)
     np.testing.assert_allclose(steps, np.full_like(steps, 0.5), atol=1e-5)
-    assert keras.initializers.get(keras.initializers.serialize(blocks.BilinearUpsampling())).__class__ \
-        is blocks.BilinearUpsampling
+    assert keras.initializers.get(keras.initializers.serialize(custom_layers.BilinearUpsampling())).__class__ \
+        is custom_layers.BilinearUpsampling
 
 
 @pytest.mark.parametrize("name, skips", [("fcn32s", []), ("fcn16s", [16]), ("fcn8s", [16, 8])])
@@ -51,7 +51,7 @@ def test_fcn_variants_fuse_their_skips(name, skips):
 
 def test_segnet_decoder_unpools_five_times_sparsely():
     model = kseg.models.get("segnet", 3, tiny=True)
-    unpools = [layer for layer in model.layers if isinstance(layer, blocks.MaxUnpooling2D)]
+    unpools = [layer for layer in model.layers if isinstance(layer, custom_layers.MaxUnpooling2D)]
     assert len(unpools) == 5
     probe = keras.Model(model.input, unpools[-1].output)
     out = keras.ops.convert_to_numpy(probe(np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3))))
@@ -103,7 +103,7 @@ def test_kseg_batch_norm_trains_exactly_like_keras():
     moving statistics, gradients, and a .keras round trip."""
     rng = np.random.default_rng(0)
     x = rng.normal(2.0, 3.0, (4, 9, 11, 5)).astype("float32")
-    reference, fused = keras.layers.BatchNormalization(momentum=0.9), blocks.BatchNormalization(momentum=0.9)
+    reference, fused = keras.layers.BatchNormalization(momentum=0.9), custom_layers.BatchNormalization(momentum=0.9)
     for layer in (reference, fused):
         layer.build(x.shape)
     weights = [rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()]
@@ -127,4 +127,4 @@ def test_kseg_batch_norm_trains_exactly_like_keras():
         for a, b in zip(*grads):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
     model = kseg.models.get("unet", 2, tiny=True)
-    assert any(type(layer) is blocks.BatchNormalization for layer in model.layers)
+    assert any(type(layer) is custom_layers.BatchNormalization for layer in model.layers)

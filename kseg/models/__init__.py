@@ -7,7 +7,7 @@ Every model takes RGB pixels in [0, 255] (normalisation is inside the graph) of 
 returns per-pixel logits of the same height and width.
 """
 
-from kseg.models import backbones, blocks
+from kseg.models import backbones, blocks, custom_layers
 from kseg.models.ddrnet import ddrnet
 from kseg.models.deeplabv3 import deeplabv3
 from kseg.models.deeplabv3plus import deeplabv3plus
@@ -21,6 +21,6 @@ from kseg.models.segnet import segnet
 from kseg.models.unet import unet
 
 __all__ = [
-    "architecture", "backbones", "blocks", "ddrnet", "deeplabv3", "deeplabv3plus", "fcn8s", "fcn16s", "fcn32s", "get",
-    "hrnet", "lraspp", "names", "refinenet", "register", "segformer", "segnet", "unet",
+    "architecture", "backbones", "blocks", "custom_layers", "ddrnet", "deeplabv3", "deeplabv3plus", "fcn8s",
+    "fcn16s", "fcn32s", "get", "hrnet", "lraspp", "names", "refinenet", "register", "segformer", "segnet", "unet",
 ]

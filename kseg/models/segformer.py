@@ -49,7 +49,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
-from kseg.models import arguments, backbones, blocks
+from kseg.models import arguments, backbones, blocks, custom_layers
 from kseg.models.registry import register
 
 # MiT encoders (Xie et al. 2021, table 6 / appendix): per stage widths, blocks, heads and reduction ratios;
@@ -224,7 +224,7 @@ def mlp_decoder(features, width, dropout, name="decoder"):
         projected.append(blocks.resize_like(x, features[0], name=f"{name}_resize_c{stage + 1}"))
     x = layers.Concatenate(name=f"{name}_concat")(projected[::-1])
     x = layers.Conv2D(width, 1, use_bias=False, name=f"{name}_fuse_conv")(x)
-    x = blocks.BatchNormalization(momentum=blocks.BN_MOMENTUM, epsilon=1e-5, name=f"{name}_fuse_bn")(x)
+    x = custom_layers.BatchNormalization(momentum=custom_layers.BN_MOMENTUM, epsilon=1e-5, name=f"{name}_fuse_bn")(x)
     x = layers.Activation("relu", name=f"{name}_fuse_relu")(x)
     if dropout:
         x = layers.Dropout(dropout, name=f"{name}_dropout")(x)

@@ -8,7 +8,7 @@ Architecture for Image Segmentation", arXiv:1511.00561).
 import keras
 from keras import layers
 
-from kseg.models import arguments, blocks
+from kseg.models import arguments, blocks, custom_layers
 from kseg.models.backbones import VGG16_STAGES
 from kseg.models.registry import register
 
@@ -24,8 +24,12 @@ def segnet(num_classes, input_shape=(None, None, 3), width=1.0, name="segnet"):
             input's size: each unpooling crops to the size its encoder stage had before pooling).
         width: channel multiplier of the VGG16-BN layout (64, 128, 256, 512, 512); 1.0 is the paper's.
 
-    Unpooling is `blocks.MaxUnpooling2D`, a builtins-only formulation of pooling indices (switch
+    Unpooling is `custom_layers.MaxUnpooling2D`, a builtins-only formulation of pooling indices (switch
     masks), so the model converts to LiteRT, float and full int8, without TensorFlow ops.
+
+    Not for phone GPUs: the unpooling's ARG_MAX and 6-D window tensors are off TFLite's GPU delegate (4-D tensors
+    at most), so on a phone the float file runs partly on the CPU (`kseg.deploy.gpu.check` names the ops;
+    tests/test_gpu.py opts SegNet out for that reason).
     """
     arguments.common(num_classes, name)
     arguments.positive_number("width", width)
@@ -45,7 +49,7 @@ def segnet(num_classes, input_shape=(None, None, 3), width=1.0, name="segnet"):
     for stage in reversed(range(1, len(VGG16_STAGES) + 1)):
         convs = VGG16_STAGES[stage - 1][0]
         before = switches[stage - 1]
-        x = blocks.MaxUnpooling2D(name=f"decoder{stage}_unpool")([x, before])
+        x = custom_layers.MaxUnpooling2D(name=f"decoder{stage}_unpool")([x, before])
         for i in range(convs, 0, -1):
             last = i == 1
             filters = channels[stage - 2] if last and stage > 1 else channels[stage - 1]

@@ -6,11 +6,12 @@ Importing `kseg.deploy.compression` registers them.
 import tensorflow as tf
 import tf_keras
 
-from kseg.deploy.compression.bridge import keras3_call_twin, register_quantize_config, register_twin, same_name_twin
+from kseg.deploy.compression.bridge import keras3_call_twin, register_quantize_config, register_twin
+from kseg.deploy.compression.same_name import same_name_twin
 
 
 class StaticResize(tf_keras.layers.Layer):
-    """tf_keras twin of `kseg.models.blocks.ResizeLike` at a static size: resizes its input to `size`."""
+    """tf_keras twin of `kseg.models.custom_layers.ResizeLike` at a static size: resizes its input to `size`."""
 
     def __init__(self, size, interpolation="bilinear", **kwargs):
         super().__init__(**kwargs)

@@ -1,0 +1,146 @@
+"""MobileNetV2 (Sandler et al. 2018, arXiv:1801.04381) and MobileNetV3-Large / -Small (Howard et al. 2019,
+arXiv:1905.02244), as kseg backbones."""
+
+from keras import layers
+
+from kseg.models.backbones.common import batch_norm, make_divisible
+
+# MobileNetV2 --------------------------------------------------------------------------------------
+
+# (expansion, output channels, repeats, first stride) per stage, from Sandler et al. 2018, table 2.
+_MOBILENETV2_STAGES = (
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+)
+
+
+def _inverted_residual(x, expansion, filters, stride, rate, block_id):
+    prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
+    in_channels = x.shape[-1]
+    inputs = x
+    if expansion != 1:
+        x = layers.Conv2D(expansion * in_channels, 1, use_bias=False, name=prefix + "expand")(x)
+        x = batch_norm(prefix + "expand_BN")(x)
+        x = layers.ReLU(6.0, name=prefix + "expand_relu")(x)
+    expanded = x
+    x = layers.DepthwiseConv2D(
+        3, strides=stride, dilation_rate=rate, padding="same", use_bias=False, name=prefix + "depthwise"
+    )(x)
+    x = batch_norm(prefix + "depthwise_BN")(x)
+    x = layers.ReLU(6.0, name=prefix + "depthwise_relu")(x)
+    x = layers.Conv2D(filters, 1, use_bias=False, name=prefix + "project")(x)
+    x = batch_norm(prefix + "project_BN")(x)
+    if stride == 1 and in_channels == filters:
+        x = layers.Add(name=prefix + "add")([inputs, x])
+    return expanded, x
+
+
+def mobilenetv2(x, schedule, alpha=1.0):
+    """MobileNetV2 (Sandler et al. 2018) with keras.applications layer names; `alpha` is the width multiplier.
+
+    Features: the widest map at each stride (the expansion before each strided block), and the
+    320-channel last block at the output stride (the 1280-channel head is not built).
+    """
+    features = {}
+    strides, _ = schedule(2)
+    x = layers.Conv2D(make_divisible(32 * alpha), 3, strides=strides, padding="same", use_bias=False, name="Conv1")(x)
+    x = batch_norm("bn_Conv1")(x)
+    x = layers.ReLU(6.0, name="Conv1_relu")(x)
+    block_id = 0
+    for expansion, channels, repeats, first_stride in _MOBILENETV2_STAGES:
+        for i in range(repeats):
+            stride = first_stride if i == 0 else 1
+            stride_before = schedule.stride
+            strides, rate = schedule(stride)
+            filters = make_divisible(int(channels * alpha))
+            expanded, x = _inverted_residual(x, expansion, filters, strides, rate, block_id)
+            if strides > 1:
+                features[stride_before] = expanded
+            block_id += 1
+    features[schedule.stride] = x
+    return features
+
+
+# MobileNetV3 --------------------------------------------------------------------------------------
+
+# (kernel, expansion, output channels, squeeze-excite, hard-swish, stride) per block, from Howard et
+# al. 2019, tables 1 and 2. `minimalistic` turns 5x5 kernels into 3x3, hard-swish into ReLU, drops SE.
+_MOBILENETV3_LARGE = (
+    (3, 1, 16, False, False, 1), (3, 4, 24, False, False, 2), (3, 3, 24, False, False, 1),
+    (5, 3, 40, True, False, 2), (5, 3, 40, True, False, 1), (5, 3, 40, True, False, 1),
+    (3, 6, 80, False, True, 2), (3, 2.5, 80, False, True, 1), (3, 2.3, 80, False, True, 1),
+    (3, 2.3, 80, False, True, 1), (3, 6, 112, True, True, 1), (3, 6, 112, True, True, 1),
+    (5, 6, 160, True, True, 2), (5, 6, 160, True, True, 1), (5, 6, 160, True, True, 1),
+)
+_MOBILENETV3_SMALL = (
+    (3, 1, 16, True, False, 2), (3, 72 / 16, 24, False, False, 2), (3, 88 / 24, 24, False, False, 1),
+    (5, 4, 40, True, True, 2), (5, 6, 40, True, True, 1), (5, 6, 40, True, True, 1),
+    (5, 3, 48, True, True, 1), (5, 3, 48, True, True, 1), (5, 6, 96, True, True, 2),
+    (5, 6, 96, True, True, 1), (5, 6, 96, True, True, 1),
+)
+
+
+def _squeeze_excite(x, prefix):
+    channels = x.shape[-1]
+    s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{prefix}squeeze_excite_avg_pool")(x)
+    s = layers.Conv2D(make_divisible(channels * 0.25), 1, name=f"{prefix}squeeze_excite_conv")(s)
+    s = layers.ReLU(name=f"{prefix}squeeze_excite_relu")(s)
+    s = layers.Conv2D(channels, 1, name=f"{prefix}squeeze_excite_conv_1")(s)
+    s = layers.Activation("hard_sigmoid", name=f"{prefix}squeeze_excite_hard_sigmoid")(s)
+    return layers.Multiply(name=f"{prefix}squeeze_excite_mul")([x, s])
+
+
+def _mobilenetv3_block(x, kernel, expansion, filters, squeeze_excite, activation, stride, rate, block_id):
+    prefix = f"expanded_conv_{block_id}_" if block_id else "expanded_conv_"
+    in_channels = x.shape[-1]
+    inputs = x
+    if block_id:
+        x = layers.Conv2D(make_divisible(in_channels * expansion), 1, use_bias=False, name=prefix + "expand")(x)
+        x = batch_norm(prefix + "expand_bn")(x)
+        x = layers.Activation(activation, name=prefix + "expand_act")(x)
+    expanded = x
+    x = layers.DepthwiseConv2D(
+        kernel, strides=stride, dilation_rate=rate, padding="same", use_bias=False, name=prefix + "depthwise"
+    )(x)
+    x = batch_norm(prefix + "depthwise_bn")(x)
+    x = layers.Activation(activation, name=prefix + "depthwise_act")(x)
+    if squeeze_excite:
+        x = _squeeze_excite(x, prefix)
+    x = layers.Conv2D(filters, 1, use_bias=False, name=prefix + "project")(x)
+    x = batch_norm(prefix + "project_bn")(x)
+    if stride == 1 and in_channels == filters:
+        x = layers.Add(name=prefix + "add")([inputs, x])
+    return expanded, x
+
+
+def _mobilenetv3(x, schedule, table, alpha, minimalistic):
+    features = {}
+    activation = "relu" if minimalistic else "hard_swish"
+    x = layers.Conv2D(16, 3, strides=schedule(2)[0], padding="same", use_bias=False, name="conv")(x)
+    x = batch_norm("conv_bn")(x)
+    x = layers.Activation(activation, name="conv_act")(x)
+    for block_id, (kernel, expansion, channels, squeeze_excite, hard_swish, stride) in enumerate(table):
+        stride_before = schedule.stride
+        strides, rate = schedule(stride)
+        expanded, x = _mobilenetv3_block(
+            x, 3 if minimalistic else kernel, expansion, make_divisible(channels * alpha),
+            squeeze_excite and not minimalistic, activation if hard_swish else "relu", strides, rate, block_id)
+        if strides > 1:
+            features[stride_before] = expanded
+    x = layers.Conv2D(make_divisible(x.shape[-1] * 6), 1, use_bias=False, name="conv_1")(x)
+    x = batch_norm("conv_1_bn")(x)
+    features[schedule.stride] = layers.Activation(activation, name="conv_1_act")(x)
+    return features
+
+
+def mobilenetv3_large(x, schedule, alpha=1.0, minimalistic=False):
+    """MobileNetV3-Large (Howard et al. 2019) with keras.applications names; `alpha` is the width multiplier.
+
+    Features: the expansion before each strided block, and the last 1x1 convolution (conv_1, 6x the
+    last block's channels) at the output stride; the classification head is not built.
+    """
+    return _mobilenetv3(x, schedule, _MOBILENETV3_LARGE, alpha, minimalistic)
+
+
+def mobilenetv3_small(x, schedule, alpha=1.0, minimalistic=False):
+    """MobileNetV3-Small (Howard et al. 2019); features as `mobilenetv3_large`."""
+    return _mobilenetv3(x, schedule, _MOBILENETV3_SMALL, alpha, minimalistic)
