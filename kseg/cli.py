@@ -75,7 +75,8 @@ def _add_config_flags(c, config_class):
         elif meta.get("kind") == "key=value":
             options.update(action="append")
         else:
-            kind = {"size": _pair}.get(meta.get("kind"), meta.get("kind") or type(default))
+            plain = str if default is None else type(default)  # a str | None field without a kind takes text
+            kind = {"size": _pair}.get(meta.get("kind"), meta.get("kind") or plain)
             options["type"] = kind
             if meta.get("choices"):
                 options["choices"] = list(meta["choices"])
@@ -123,7 +124,7 @@ def parser():
     c.set_defaults(func=commands.cmd_predict)
 
     c = subcommands.add_parser("export", help="SavedModel, LiteRT (post-training, QAT and pruned modes) and ONNX")
-    c.add_argument("model", help="a .keras file")
+    c.add_argument("model", help="a .keras file, a model folder (kseg.models.save_pretrained) or hf://org/name")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--modes", nargs="+", default=["float32", "int8"], choices=list(modes.MODES), help=_modes_help())
     c.add_argument("--input-size", type=_pair,
@@ -193,6 +194,12 @@ def parser():
     d.add_argument("--size", type=_pair, default=(128, 128), help="e.g. 128 or 96x128 (default 128)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=commands.cmd_data_synth)
+
+    c = subcommands.add_parser("push", help="upload a model folder to the Hugging Face Hub (needs a token)")
+    c.add_argument("folder", help="a model folder (kseg.models.save_pretrained)")
+    c.add_argument("handle", help="hf://org/name, or hf://org/name@branch")
+    c.add_argument("--private", action="store_true", help="create the repository private")
+    c.set_defaults(func=commands.cmd_push)
 
     c = subcommands.add_parser("models", help="list the registered architectures and backbones")
     c.set_defaults(func=commands.cmd_models)

@@ -111,18 +111,39 @@ def cmd_export(args):
     from kseg import provenance, runtime
     from kseg.deploy import litert, stage
 
-    model = runtime.load_keras(args.model)
-    origin = provenance.of_checkpoint(args.model, model)
+    path, stem = _checkpoint(args.model)
+    model = runtime.load_keras(path)
+    origin = provenance.of_checkpoint(path, model)
     data = args.calibration_data or origin.get("data") or "synthetic"
     needs_data = any(modes.get(mode).needs_data for mode in args.modes)
     train = kseg.data.load(data, "train", num_classes=args.num_classes) if needs_data else None
     if args.savedmodel:
-        print(litert.save_savedmodel(model, os.path.join(args.out, stage.artifact_stem(args.model) + "_savedmodel")))
+        print(litert.save_savedmodel(model, os.path.join(args.out, stem + "_savedmodel")))
     results = stage.export_checkpoint(model, args.out, args.modes, input_size=args.input_size, train=train,
                                       settings=_settings(args), output=args.output, io_dtype=args.io_dtype,
-                                      source=args.model)
+                                      source=path, stem=stem)
     stage.write_manifest(args.out, results, calibration_data=data if needs_data else None)
     print(f"manifest: {os.path.join(args.out, 'manifest.json')} (sidecars: <artifact>.json)")
+
+
+def _checkpoint(handle):
+    """(the `.keras` file, the artifacts' stem) of a `.keras` path, a model folder or an hf:// handle."""
+    if handle.endswith(".keras") and not handle.startswith("hf://"):
+        from kseg.deploy import stage
+
+        return handle, stage.artifact_stem(handle)
+    from kseg.models import pretrained
+
+    folder, config = pretrained.read_config(handle)
+    name = handle.split("@")[0].rstrip("/").split("/")[-1] or "model"
+    return os.path.join(folder, config.get("model_file") or pretrained.MODEL_FILE), name
+
+
+def cmd_push(args):
+    from kseg.models import hub
+
+    url = hub.push(args.folder, args.handle, private=args.private)
+    print(f"pushed {args.folder} to {args.handle}: {url}")
 
 
 def cmd_quantize_study(args):

@@ -14,6 +14,7 @@ from kseg.models.deeplabv3plus import deeplabv3plus
 from kseg.models.fcn import fcn8s, fcn16s, fcn32s
 from kseg.models.hrnet import hrnet
 from kseg.models.lraspp import lraspp
+from kseg.models.pretrained import from_pretrained, save_pretrained
 from kseg.models.refinenet import refinenet
 from kseg.models.registry import architecture, get, names, register
 from kseg.models.segformer import segformer
@@ -22,5 +23,6 @@ from kseg.models.unet import unet
 
 __all__ = [
     "architecture", "backbones", "blocks", "custom_layers", "ddrnet", "deeplabv3", "deeplabv3plus", "fcn8s",
-    "fcn16s", "fcn32s", "get", "hrnet", "lraspp", "names", "refinenet", "register", "segformer", "segnet", "unet",
+    "fcn16s", "fcn32s", "from_pretrained", "get", "hrnet", "lraspp", "names", "refinenet", "register",
+    "save_pretrained", "segformer", "segnet", "unet",
 ]

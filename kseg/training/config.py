@@ -54,6 +54,9 @@ class TrainConfig:
     model: str = setting("auto", "architecture name (see: kseg models); auto: chosen from the data")
     model_kwargs: dict | None = setting(None, "builder arguments", flag="--model-arg", kind="key=value",
                                         metavar="KEY=VALUE")
+    init: str | None = setting(None, "start from these weights: a model folder (kseg.models.save_pretrained), a "
+                                     ".keras checkpoint or hf://org/name[@revision]; the architecture is theirs, the "
+                                     "class count the data's", metavar="HANDLE")
     data: str = setting("synthetic", "folder, packed shards, 'synthetic' or 'tfds:NAME'")
     data_options: dict = setting({}, kind="internal")  # e.g. {"num_images": 64} for synthetic
     val_data: str | None = setting(None, "validation data (default: the val split of --data, or a fifth of it)")

@@ -175,7 +175,13 @@ def _optimizer(config):
 
 def build_and_compile(config: TrainConfig, num_classes: int) -> keras.Model:
     """The configured model, compiled with its loss, kseg's metrics and its optimizer (built now)."""
-    model = kseg.models.get(config.model, num_classes, input_shape=(None, None, 3), **(config.model_kwargs or {}))
+    if config.init:  # those weights, rebuilt for any size; new classifiers where the class count differs
+        loaded = kseg.models.pretrained.load(config.init, num_classes=num_classes, input_shape=(None, None, 3))
+        model = loaded.model
+        print(f"kseg: starting from {config.init}" + (f" (new for {num_classes} classes: "
+              f"{', '.join(loaded.reinitialised)})" if loaded.reinitialised else ""), flush=True)
+    else:
+        model = kseg.models.get(config.model, num_classes, input_shape=(None, None, 3), **(config.model_kwargs or {}))
     model.compile(optimizer=_optimizer(config), loss=kseg.losses.get(config.loss),
                   metrics=[kseg.metrics.SegmentationMetrics(2 if num_classes == 1 else num_classes)])
     # Optimizer variables made now, not inside the first traced step: TensorFlow would trace it twice.
@@ -189,6 +195,9 @@ def resolve(config: TrainConfig, train_split, workers: int = 1) -> tuple[TrainCo
     `workers`: machines sharing each step (multi-worker), each taking `batch_size` images of it.
     """
     config.check()
+    if config.init:  # the starting weights' architecture and builder arguments
+        config = dataclasses.replace(config, **kseg.models.pretrained.init_settings(
+            config.init, config.model, config.model_kwargs))
     choices = recipe.choose(config, train_split)
     resolved = dataclasses.replace(config, **{name: choice.value for name, choice in choices.items()})
     resolved.check()
