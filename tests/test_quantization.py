@@ -54,18 +54,6 @@ def builtins_only(ops):
     return ops and not any(op.startswith("FLEX") or "DELEGATE" in op or op == "CUSTOM" for op in ops)
 
 
-@pytest.mark.parametrize("name", kseg.models.names())
-def test_bridge_reproduces_every_architecture(name):
-    model = kseg.models.get(name, 3, tiny=True)
-    twin = q.to_tf_keras(model, SIZE)
-    assert isinstance(twin, tf_keras.Model) and twin.input_shape == (None, *SIZE, 3)
-    assert all(layer.dtype == "float32" for layer in twin.layers)
-    assert "ResizeLike" not in {type(layer).__name__ for layer in twin.layers}
-    x = np.random.default_rng(1).uniform(0, 255, (2, *SIZE, 3)).astype("float32")
-    want = keras.ops.convert_to_numpy(model(x, training=False))
-    np.testing.assert_allclose(np.asarray(twin(x, training=False)), want, atol=1e-4 * max(1, np.abs(want).max()))
-
-
 @pytest.mark.slow
 def test_qat_gives_an_int8_litert_file_that_agrees_with_the_float_model(trained, tmp_path):
     model, train, images = trained

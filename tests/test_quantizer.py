@@ -303,16 +303,6 @@ def int4_kernel(flatbuffer, layer):
     raise AssertionError(f"no int4 kernel of {layer}")
 
 
-def int4_weight_layers(flatbuffer, model):
-    """The Keras layers whose weights a LiteRT file holds in int4."""
-    from ai_edge_litert import schema_py_generated as tfl
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    graph = flatbuffer_utils.convert_bytearray_to_object(flatbuffer).subgraphs[0]
-    return {litert_graph.layer_of(graph.tensors[op.inputs[1]].name.decode(), model) for op in graph.operators
-            if len(op.inputs) > 1 and graph.tensors[op.inputs[1]].type == tfl.TensorType.INT4}
-
-
 def test_fake_quantize_rounds_each_output_channel_and_passes_gradients_straight_through():
     import tensorflow as tf
 
@@ -406,21 +396,3 @@ def test_near_zero_activations_still_give_a_file_litert_loads(tmp_path):
     scores = runtime.LiteRTModel(path).run(images[0][0])
     assert scores.shape == (*SIZE, 3)
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", kseg.models.names())
-def test_qat_int4_simulates_every_int4_kernel_of_every_architecture(name, tmp_path):
-    split = kseg.data.from_synthetic("train", num_images=4, size=(48, 48))
-    keras.utils.set_random_seed(0)
-    model = kseg.models.get(name, split.num_classes, tiny=True)
-    from kseg.deploy.compression import qat_int4
-
-    assert qat_int4.int4_layers(model, (48, 48))[1] == []  # no int4 weight outside a plain Conv2D
-    settings = modes.ExportSettings(num_calibration=2, qat_steps=1, batch_size=2)
-    result = kseg.deploy.stage.export_artifact(model, str(tmp_path / f"{name}.tflite"), mode="qat_int4",
-                                               artifact=modes.Artifact((48, 48)), train=split, settings=settings)
-    assert len(result.info["fine_tune"]["simulated_layers"]) == result.info["quantizer"]["weights"]["int4"]
-    with open(result.path, "rb") as f:
-        stored = int4_weight_layers(f.read(), model)
-    assert stored == set(result.info["fine_tune"]["simulated_layers"])  # the layers rounded are the int4 ones
-    assert runtime.LiteRTModel(result.path).run(np.zeros((48, 48, 3), np.float32)).shape == (48, 48, split.num_classes)
