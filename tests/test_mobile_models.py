@@ -3,9 +3,7 @@ too), DDRNet's auxiliary head, argument errors, conv -> BN -> activation for tfm
 use only ops TFLite's GPU delegate runs. The registry's contract tests (tests/test_models.py and the export tests)
 cover both models as well; these are what is specific to them. Runs under TensorFlow and JAX."""
 
-import contextlib
 import inspect
-import io
 
 import keras
 import numpy as np
@@ -174,12 +172,6 @@ def test_tfmot_annotates_the_tf_keras_twin(name):
     assert tuple(quantized(pixels((48, 56))).shape) == (1, 48, 56, 3)
 
 
-# Ops with a parser in TFLite's GPU delegate (tensorflow/lite/delegates/gpu/common/model_builder.cc); these are
-# the ones the two models lower to.
-GPU_OPS = {"ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "HARD_SWISH", "LOGISTIC",
-           "MEAN", "MUL", "RELU", "RESIZE_BILINEAR"}
-
-
 def float32_flatbuffer(model, size):
     from kseg.deploy import litert, modes
 
@@ -188,39 +180,15 @@ def float32_flatbuffer(model, size):
     return litert.litert_flatbuffer(model, mode="float32", input_size=size)
 
 
-def graph_of(flatbuffer):
-    """(op name, its builtin options) per operator, and the rank of every tensor, of a LiteRT flatbuffer."""
-    from ai_edge_litert import schema_py_generated as tfl
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    names = {code: name for name, code in vars(tfl.BuiltinOperator).items() if not name.startswith("_")}
-    subgraph = model.subgraphs[0]
-    ops = []
-    for op in subgraph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        ops.append((names[max(code.builtinCode, code.deprecatedBuiltinCode)], op.builtinOptions))
-    return ops, [len(tensor.shape) for tensor in subgraph.tensors if tensor.shape is not None]
-
-
 @requires_tensorflow
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["lraspp", "ddrnet"])
 def test_float32_litert_file_suits_the_gpu_delegate(name):
-    """TensorFlow's static GPU check, and a stricter one of kseg's: in TF 2.21 the analyzer's check passes even
-    CUMSUM, TOPK_V2 and int32 FLOOR_MOD (seen), so the ops are also held to the delegate's list, every tensor to
-    4 dimensions at most and every bilinear resize to align_corners=False."""
-    import tensorflow as tf
+    """TensorFlow's static GPU check and kseg's stricter one (`kseg.deploy.gpu`: the delegate's op list, 4-D
+    tensors at most, bilinear resizes with align_corners=False) both pass, and the resizes are PyTorch's
+    align_corners=False (half-pixel centres)."""
+    from kseg.deploy import gpu
 
-    flatbuffer = float32_flatbuffer(kseg.models.get(name, 19), (65, 67))
-    report = io.StringIO()
-    with contextlib.redirect_stdout(report):
-        tf.lite.experimental.Analyzer.analyze(model_content=flatbuffer, gpu_compatibility=True)
-    assert "GPU COMPATIBILITY WARNING" not in report.getvalue()
-    assert "Your model looks compatible with GPU delegate" in report.getvalue()
-    ops, ranks = graph_of(flatbuffer)
-    assert {op for op, _ in ops} <= GPU_OPS, f"not for the GPU delegate: {sorted({op for op, _ in ops} - GPU_OPS)}"
-    assert max(ranks) <= 4
-    resizes = [options for op, options in ops if op == "RESIZE_BILINEAR"]
-    assert resizes and not any(options.alignCorners for options in resizes)
-    assert all(options.halfPixelCenters for options in resizes)  # PyTorch's align_corners=False
+    report = gpu.check(float32_flatbuffer(kseg.models.get(name, 19), (65, 67)))
+    assert report["analyzer"]["compatible"] and report["kseg"]["compatible"], report["problems"]
+    assert report["compatible"]

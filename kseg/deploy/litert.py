@@ -21,10 +21,11 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from kseg import console
-from kseg.deploy import metadata, modes, sidecar
+from kseg.deploy import gpu, metadata, modes, sidecar
 from kseg.errors import ExportError, KsegError, first_line
 
 CALIBRATION_IMAGES = modes.ExportSettings.num_calibration
+GPU_CHECKED = ("float32", "float16")  # the modes whose files a phone's GPU delegate can run
 
 
 def _serving_function(model, input_size, output, batch_size=1):
@@ -134,12 +135,15 @@ def write_litert(flatbuffer: bytes, path: str, *, model, mode: str, artifact: mo
                  origin: modes.Origin | None = None, calibration: dict | None = None,
                  extras: dict | None = None) -> dict:
     """Publishes a converted model as every kseg LiteRT file is published: TFLite metadata embedded, then the
-    file and its sidecar (`calibration`: `calibration_record`'s; plus the `extras` entries); returns the
-    sidecar dict."""
+    file and its sidecar (`calibration`: `calibration_record`'s; plus the `extras` entries; float32 and float16
+    files also get `"gpu"`, `kseg.deploy.gpu.check`'s report); returns the sidecar dict."""
     origin = origin if origin is not None else modes.Origin.of(model)
     flatbuffer, embedded = _with_metadata(flatbuffer, origin.class_names, int(model.output_shape[-1]))
+    extras = {"metadata": embedded, **(extras or {})}
+    if mode in GPU_CHECKED:  # what a phone's GPU delegate would run (kseg.deploy.gpu)
+        extras["gpu"] = gpu.check(flatbuffer)
     return sidecar.publish(flatbuffer, path, model=model, mode=mode, artifact=artifact, origin=origin,
-                           calibration=calibration, extras={"metadata": embedded, **(extras or {})})
+                           calibration=calibration, extras=extras)
 
 
 def _with_metadata(flatbuffer, class_names, channels):

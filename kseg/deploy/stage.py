@@ -15,7 +15,7 @@ import dataclasses
 import os
 
 from kseg import files, provenance, report, runtime
-from kseg.deploy import litert, modes
+from kseg.deploy import gpu, litert, modes
 from kseg.errors import KsegError
 from kseg.runtime import bench, evaluation
 from kseg.runtime.evaluation import EvaluationResult
@@ -93,13 +93,16 @@ class StageResult:
                  "miou": self.miou, "latency_ms": {t: s["mean_ms"] for t, s in self.latency.items()},
                  "agreement": self.agreement, "input": info["input"], "output": info["output"], "ops": info["ops"]}
         entry.update({key: info[key] for key in ("training", "sparsity") if info.get(key) is not None})
+        if info.get("gpu"):
+            entry["gpu_compatible"] = info["gpu"]["compatible"]
         if info.get("quantizer"):  # ai-edge-quantizer modes: what stayed in float and why (the recipe: sidecar)
             entry["quantizer"] = {key: value for key, value in info["quantizer"].items()
                                   if key not in ("recipe", "ranking")}
         return entry
 
     def summary(self):
-        """One line for the console: size, types, then mIoU, agreement and latency when measured."""
+        """One line for the console: size, types, then mIoU, agreement and latency when measured; for float
+        files a second line, the GPU delegate verdict (`kseg.deploy.gpu.verdict`)."""
         info = self.info
         parts = [f"{info['size_bytes'] / 1e6:.2f} MB"]
         if info.get("sparsity") is not None:
@@ -116,7 +119,10 @@ class StageResult:
         if self.agreement is not None:
             parts.append(f"agreement {100 * self.agreement:.2f}%")
         parts += [f"{stats['mean_ms']:.1f} ms @{threads}" for threads, stats in self.latency.items()]
-        return f"{self.path}: " + ", ".join(parts)
+        line = f"{self.path}: " + ", ".join(parts)
+        if info.get("gpu"):  # float files: kseg.deploy.gpu's verdict on a line of its own
+            line += "\n    " + gpu.verdict(info["gpu"])
+        return line
 
 
 def export_artifact(model, path: str, *, mode: str, artifact: modes.Artifact, origin: modes.Origin | None = None,
