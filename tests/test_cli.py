@@ -188,6 +188,19 @@ def test_training_resumes_after_a_kill(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_time_budget_holds_for_the_whole_process(data, tmp_path):
+    """Wall clock of the command, framework start-up, data loading and the final saves included."""
+    budget = 30.0
+    started = time.monotonic()
+    result = kseg("train", "--model", "unet", "--model-arg", "filters=4", "--model-arg", "depth=2", "--data",
+                  str(data), "--time-budget", str(budget), "--out", str(tmp_path / "run"), "--verbose", "0")
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert seconds <= 1.1 * budget, f"{seconds:.1f} s for a {budget:g} s budget"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped_by"] == "time budget"
+
+
+@pytest.mark.slow
 def test_demo_quick_writes_the_report(tmp_path):
     out = tmp_path / "demo"
     result = kseg("demo", "--quick", "--out", str(out), timeout=900)

@@ -138,3 +138,37 @@ def test_stray_files_are_skipped_with_a_note(tmp_path, capsys, stray):
     assert err.count("kseg: note: skipped") == 1 and stray in err and "1 more" in err
     report = kseg.data.check(str(root))
     assert not report.problems and len(report.skipped) == 2
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_in_one_line_leaves_no_orphan_and_resumes(tmp_path, monkeypatch):
+    """The disk fills while the run saves a checkpoint (as a 3 MB tmpfs did): one line, temporary files removed,
+    no sidecar without its checkpoint; the same command resumes once there is room."""
+    import errno
+
+    import keras
+
+    data = write_folder(tmp_path / "cells", 6)
+    config = TrainConfig(model="unet", model_kwargs=TINY_UNET, data=str(data), steps=21, val_every=4,
+                         out_dir=str(tmp_path / "run"), verbose=0)
+    real_save, saves = keras.Model.save, []
+
+    def save(model, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 4:  # a checkpoint after a few rounds: the partial file is left as a full disk leaves it
+            with open(path, "wb") as f:
+                f.write(b"PK partial")
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real_save(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save)
+    with pytest.raises(kseg.KsegError, match="the disk is full") as error:
+        kseg.training.train(config)
+    assert "\n" not in str(error.value)
+    names = os.listdir(tmp_path / "run")
+    assert not [name for name in names if ".tmp" in name], names
+    assert all(name[: -len(".json")] in names for name in names if name.endswith(".keras.json")), names
+    monkeypatch.setattr(keras.Model, "save", real_save)
+    result = kseg.training.train(config)  # room again: it resumes
+    assert result.initial_epoch >= 1 and os.path.exists(result.best_path) and os.path.exists(result.last_path)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 21
