@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from kseg.errors import DataError
+
 CLASS_NAMES = ("background", "disc", "square", "triangle", "ring", "cross")
 _TEXTURES = ("solid", "stripes", "checker", "solid", "dots")  # preferred texture per object class
 _SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -105,6 +107,10 @@ def _dilate(region, pixels):
 
 def generate(num_images, size=(128, 128), seed=0, split="train"):
     """(images uint8 (N, H, W, 3), masks uint8 (N, H, W)); image i depends only on (seed, split, i)."""
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise DataError(f"the synthetic data needs a positive number of images (num-images), got {num_images!r}")
+    if len(size) != 2 or min(size) < 8:
+        raise DataError(f"synthetic images must be at least 8x8 pixels, got {size!r}")
     height, width = size
     images = np.empty((num_images, height, width, 3), np.uint8)
     masks = np.empty((num_images, height, width), np.uint8)
