@@ -195,6 +195,14 @@ def parser():
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=commands.cmd_data_synth)
 
+    c = subcommands.add_parser("convert", help="another library's weights (torchvision) as a kseg model folder")
+    c.add_argument("source", help="e.g. torchvision:lraspp_mobilenet_v3_large")
+    c.add_argument("--weights", required=True, help="its state dict: a torch.save file, .safetensors or .npz")
+    c.add_argument("--out", required=True, help="the model folder to write")
+    c.add_argument("--class-names", nargs="+", metavar="NAME", help="one name per class, for the model card")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    c.set_defaults(func=commands.cmd_convert)
+
     c = subcommands.add_parser("push", help="upload a model folder to the Hugging Face Hub (needs a token)")
     c.add_argument("folder", help="a model folder (kseg.models.save_pretrained)")
     c.add_argument("handle", help="hf://org/name, or hf://org/name@branch")

@@ -139,6 +139,14 @@ def _checkpoint(handle):
     return os.path.join(folder, config.get("model_file") or pretrained.MODEL_FILE), name
 
 
+def cmd_convert(args):
+    from kseg.models import convert
+
+    folder = convert.convert(args.source, weights=args.weights, out_dir=args.out, class_names=args.class_names,
+                             overwrite=args.overwrite)
+    print(f"wrote {folder} (kseg.models.from_pretrained, kseg export and kseg train --init take it)")
+
+
 def cmd_push(args):
     from kseg.models import hub
 

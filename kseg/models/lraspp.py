@@ -15,7 +15,9 @@ is what ships, and it lowers to MEAN, LOGISTIC and MUL, all LiteRT builtins that
 import keras
 from keras import layers
 
+from kseg.errors import ArgumentError
 from kseg.models import arguments, backbones, blocks
+from kseg.models.custom_layers import BN_MOMENTUM, BatchNormalization
 from kseg.models.registry import register
 
 BACKBONES = ("mobilenetv3_large", "mobilenetv3_small")
@@ -44,6 +46,7 @@ def lraspp(
     output_stride: int = 16,
     head_filters: int = 128,
     low_level_stride: int = 8,
+    torchvision_compatible: bool = False,
     name: str = "lraspp",
 ) -> keras.Model:
     """Builds LR-ASPP on a MobileNetV3.
@@ -60,6 +63,10 @@ def lraspp(
             (the last two stages dilated) or 32 (no dilation).
         head_filters: channels of the gated 1x1 branch (128 in the paper).
         low_level_stride: stride of the low-level features (8 in the paper, or 4); below output_stride.
+        torchvision_compatible: compute exactly what torchvision's `lraspp_mobilenet_v3_large` does, so its
+            weights convert (`kseg.models.convert`): its ImageNet mean and std, stride-2 convolutions padded
+            on every side, the first block of the dilated stage dilated too, and the head's batch norm at
+            epsilon 1e-5. Other inputs and outputs as without it; no `backbone_weights`.
         name: the model's name.
 
     Returns:
@@ -80,13 +87,26 @@ def lraspp(
         raise ValueError(f"low_level_stride ({low_level_stride}) must be below output_stride ({output_stride})")
 
     pixels = blocks.pixel_input(input_shape)
-    features = backbones.build(
-        backbone, pixels, output_stride=output_stride, weights=backbone_weights, **(backbone_kwargs or {})
-    )
+    if torchvision_compatible:
+        if backbone_weights is not None:
+            raise ArgumentError("torchvision_compatible takes torchvision's weights (kseg.models.convert), "
+                                f"not backbone_weights={backbone_weights!r}")
+        x = backbones.normalize(pixels, **backbones.TORCH_STYLE)
+        features = backbones.get(backbone).build(x, backbones.AtrousSchedule(output_stride), torchvision=True,
+                                                 **(backbone_kwargs or {}))
+    else:
+        features = backbones.build(
+            backbone, pixels, output_stride=output_stride, weights=backbone_weights, **(backbone_kwargs or {})
+        )
     high = features[output_stride]
     low = keras.Model(pixels, high).get_layer(LOW_LEVEL_LAYERS[backbone][low_level_stride]).output
 
-    x = blocks.conv_bn_act(high, head_filters, 1, name="head_cbr")
+    if torchvision_compatible:  # torch's BatchNorm2d default epsilon
+        x = layers.Conv2D(head_filters, 1, use_bias=False, name="head_cbr_conv")(high)
+        x = BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-5, name="head_cbr_bn")(x)
+        x = layers.Activation("relu", name="head_cbr_relu")(x)
+    else:
+        x = blocks.conv_bn_act(high, head_filters, 1, name="head_cbr")
     gate = layers.GlobalAveragePooling2D(keepdims=True, name="head_scale_pool")(high)
     gate = layers.Conv2D(head_filters, 1, use_bias=False, name="head_scale_conv")(gate)
     gate = layers.Activation("sigmoid", name="head_scale_sigmoid")(gate)

@@ -89,7 +89,16 @@ def _squeeze_excite(x, prefix):
     return layers.Multiply(name=f"{prefix}squeeze_excite_mul")([x, s])
 
 
-def _mobilenetv3_block(x, kernel, expansion, filters, squeeze_excite, activation, stride, rate, block_id):
+def _strided(x, kernel, stride, torchvision, name):
+    """Padding of a convolution: "same" (Keras pads one more at the bottom and right on even sizes); torchvision
+    pads (kernel - 1) / 2 on every side, which a stride-2 convolution sees as a shift unless padded explicitly."""
+    if stride == 1 or not torchvision:
+        return x, "same"
+    return layers.ZeroPadding2D((kernel - 1) // 2, name=name)(x), "valid"
+
+
+def _mobilenetv3_block(x, kernel, expansion, filters, squeeze_excite, activation, stride, rate, block_id,
+                       torchvision=False):
     prefix = f"expanded_conv_{block_id}_" if block_id else "expanded_conv_"
     in_channels = x.shape[-1]
     inputs = x
@@ -98,8 +107,9 @@ def _mobilenetv3_block(x, kernel, expansion, filters, squeeze_excite, activation
         x = batch_norm(prefix + "expand_bn")(x)
         x = layers.Activation(activation, name=prefix + "expand_act")(x)
     expanded = x
+    x, padding = _strided(x, kernel, stride, torchvision, prefix + "depthwise_pad")
     x = layers.DepthwiseConv2D(
-        kernel, strides=stride, dilation_rate=rate, padding="same", use_bias=False, name=prefix + "depthwise"
+        kernel, strides=stride, dilation_rate=rate, padding=padding, use_bias=False, name=prefix + "depthwise"
     )(x)
     x = batch_norm(prefix + "depthwise_bn")(x)
     x = layers.Activation(activation, name=prefix + "depthwise_act")(x)
@@ -112,18 +122,23 @@ def _mobilenetv3_block(x, kernel, expansion, filters, squeeze_excite, activation
     return expanded, x
 
 
-def _mobilenetv3(x, schedule, table, alpha, minimalistic):
+def _mobilenetv3(x, schedule, table, alpha, minimalistic, torchvision):
     features = {}
     activation = "relu" if minimalistic else "hard_swish"
-    x = layers.Conv2D(16, 3, strides=schedule(2)[0], padding="same", use_bias=False, name="conv")(x)
+    strides = schedule(2)[0]
+    x, padding = _strided(x, 3, strides, torchvision, "conv_pad")
+    x = layers.Conv2D(16, 3, strides=strides, padding=padding, use_bias=False, name="conv")(x)
     x = batch_norm("conv_bn")(x)
     x = layers.Activation(activation, name="conv_act")(x)
     for block_id, (kernel, expansion, channels, squeeze_excite, hard_swish, stride) in enumerate(table):
         stride_before = schedule.stride
         strides, rate = schedule(stride)
+        if torchvision and strides < stride:  # torchvision dilates the block that gave up its stride too
+            rate = schedule.rate
         expanded, x = _mobilenetv3_block(
             x, 3 if minimalistic else kernel, expansion, make_divisible(channels * alpha),
-            squeeze_excite and not minimalistic, activation if hard_swish else "relu", strides, rate, block_id)
+            squeeze_excite and not minimalistic, activation if hard_swish else "relu", strides, rate, block_id,
+            torchvision)
         if strides > 1:
             features[stride_before] = expanded
     x = layers.Conv2D(make_divisible(x.shape[-1] * 6), 1, use_bias=False, name="conv_1")(x)
@@ -132,15 +147,17 @@ def _mobilenetv3(x, schedule, table, alpha, minimalistic):
     return features
 
 
-def mobilenetv3_large(x, schedule, alpha=1.0, minimalistic=False):
+def mobilenetv3_large(x, schedule, alpha=1.0, minimalistic=False, torchvision=False):
     """MobileNetV3-Large (Howard et al. 2019) with keras.applications names; `alpha` is the width multiplier.
 
     Features: the expansion before each strided block, and the last 1x1 convolution (conv_1, 6x the
     last block's channels) at the output stride; the classification head is not built.
+    `torchvision=True` computes what torchvision's `mobilenet_v3_large(dilated=True)` does: stride-2
+    convolutions padded symmetrically, and the block whose stride became dilation dilated as well.
     """
-    return _mobilenetv3(x, schedule, _MOBILENETV3_LARGE, alpha, minimalistic)
+    return _mobilenetv3(x, schedule, _MOBILENETV3_LARGE, alpha, minimalistic, torchvision)
 
 
-def mobilenetv3_small(x, schedule, alpha=1.0, minimalistic=False):
-    """MobileNetV3-Small (Howard et al. 2019); features as `mobilenetv3_large`."""
-    return _mobilenetv3(x, schedule, _MOBILENETV3_SMALL, alpha, minimalistic)
+def mobilenetv3_small(x, schedule, alpha=1.0, minimalistic=False, torchvision=False):
+    """MobileNetV3-Small (Howard et al. 2019); features and `torchvision` as `mobilenetv3_large`."""
+    return _mobilenetv3(x, schedule, _MOBILENETV3_SMALL, alpha, minimalistic, torchvision)

@@ -1,0 +1,145 @@
+"""Converters (kseg.models.convert): PyTorch state dicts read without PyTorch, torchvision's LR-ASPP mapped onto
+`kseg.models.lraspp(torchvision_compatible=True)`, one-line errors for tensors that are missing, left over or
+misshapen, and (with KSEG_TORCH_PYTHON: a Python with torch and torchvision) kseg's output against
+torchvision's own on the same pixels."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import kseg
+from kseg.cli import main
+from kseg.errors import KsegError
+from kseg.models import convert
+from kseg.models.convert import state_dict, torchvision
+
+HERE = os.path.dirname(__file__)
+# Largest |kseg - torchvision| allowed, as a share of the largest |logit|: float32 rounding only (seen: 6e-7
+# absolute on logits of about 1).
+TOLERANCE = 1e-4
+
+
+def torch_tensors(model, names):
+    """The state dict torchvision would have for `model`'s weights (the converter's mapping run backwards)."""
+    tensors = {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        module, values = names[layer.name], layer.get_weights()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for part, value in zip(torchvision.BN_TENSORS, values):
+                tensors[f"{module}.{part}"] = value
+            tensors[f"{module}.num_batches_tracked"] = np.array(0, "int64")
+            continue
+        order = (2, 3, 0, 1) if isinstance(layer, keras.layers.DepthwiseConv2D) else (3, 2, 0, 1)
+        tensors[f"{module}.weight"] = values[0].transpose(order)
+        if len(values) > 1:
+            tensors[f"{module}.bias"] = values[1]
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A torchvision-compatible LR-ASPP with random batch-norm statistics, and its weights as torchvision names."""
+    keras.utils.set_random_seed(0)
+    model = kseg.models.lraspp(4, torchvision_compatible=True)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            rng = np.random.default_rng(len(layer.name))
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                               rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)])
+    return model, torch_tensors(model, torchvision.lraspp_names(model))
+
+
+def test_the_mapping_covers_every_tensor_and_the_model_comes_back(reference):
+    model, tensors = reference
+    converted, args = torchvision.lraspp_mobilenet_v3_large(tensors)
+    assert args == {"backbone": "mobilenetv3_large", "head_filters": 128, "torchvision_compatible": True}
+    image = np.random.default_rng(1).uniform(0, 255, (1, 97, 130, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(converted(image)), np.asarray(model(image)))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.pop("backbone.4.block.1.0.weight"), "missing backbone.4.block.1.0.weight"),
+    (lambda t: t.update({"classifier.extra.weight": np.zeros(3)}), "unexpected classifier.extra.weight"),
+    (lambda t: t.update({"classifier.cbr.0.weight": np.zeros((128, 959, 1, 1), "float32")}),
+     "classifier.cbr.0.weight (128, 959, 1, 1) does not fit head_cbr_conv (1, 1, 960, 128)"),
+])
+def test_tensors_that_do_not_fit_are_named_on_one_line(reference, change, message):
+    tensors = dict(reference[1])
+    change(tensors)
+    with pytest.raises(KsegError) as error:
+        torchvision.lraspp_mobilenet_v3_large(tensors, source="lraspp.pth")
+    assert str(error.value).startswith("lraspp.pth: ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_state_dicts_are_read_from_npz_and_safetensors(tmp_path):
+    arrays = {"a.weight": np.arange(6, dtype="float32").reshape(2, 3), "a.count": np.array([3], "int64")}
+    np.savez(tmp_path / "sd.npz", **arrays)
+    header, data, offset = {}, b"", 0
+    for name, value in arrays.items():
+        raw = value.tobytes()
+        header[name] = {"dtype": {"float32": "F32", "int64": "I64"}[str(value.dtype)], "shape": list(value.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        data, offset = data + raw, offset + len(raw)
+    text = json.dumps(header).encode()
+    (tmp_path / "sd.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + data)
+    for name in ("sd.npz", "sd.safetensors"):
+        found = state_dict.read(str(tmp_path / name))
+        assert sorted(found) == sorted(arrays)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(found[key], value)
+    (tmp_path / "old.pth").write_bytes(b"\x80\x02legacy")
+    with pytest.raises(KsegError, match="not a torch.save zip file"):
+        state_dict.read(str(tmp_path / "old.pth"))
+    with pytest.raises(KsegError, match="no converter for 'resnet'"):
+        convert.convert_model("resnet", str(tmp_path / "sd.npz"))
+
+
+def test_the_command_writes_a_model_folder(reference, tmp_path):
+    model, tensors = reference
+    np.savez(tmp_path / "lraspp.npz", **tensors)
+    out = tmp_path / "lraspp"
+    assert main(["convert", "torchvision:lraspp_mobilenet_v3_large", "--weights", str(tmp_path / "lraspp.npz"),
+                 "--out", str(out), "--class-names", "a", "b", "c", "d"]) == 0
+    loaded = kseg.models.pretrained.load(str(out), num_classes=2)
+    assert loaded.config["builder_args"]["torchvision_compatible"] is True
+    assert loaded.reinitialised == ["low_classifier", "high_classifier"]
+    config = kseg.models.pretrained.read_config(str(out))[1]
+    assert config["class_names"] == ["a", "b", "c", "d"]
+    assert config["provenance"]["converted_from"] == "torchvision:lraspp_mobilenet_v3_large"
+
+
+def torch_python():
+    """KSEG_TORCH_PYTHON: an interpreter with torch and torchvision (.ci/run-style venv of its own)."""
+    python = os.environ.get("KSEG_TORCH_PYTHON")
+    if not python:
+        pytest.skip("KSEG_TORCH_PYTHON is not set (a Python with torch and torchvision, e.g. python3 -m venv "
+                    "/tmp/kseg-torch && /tmp/kseg-torch/bin/pip install torch==2.14.1 torchvision==0.29.1)")
+    return python
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large"])
+def test_outputs_match_torchvision(name, tmp_path):
+    python = torch_python()
+    subprocess.run([python, os.path.join(HERE, "torch_reference.py"), name, str(tmp_path), "224x224", "161x193"],
+                   check=True, timeout=600)
+    folder = convert.convert(name, weights=str(tmp_path / f"{name}.pth"), out_dir=str(tmp_path / "kseg"))
+    model = kseg.models.from_pretrained(folder)
+    with np.load(tmp_path / f"{name}.npz") as expected:
+        for i in range(2):
+            ours, theirs = np.asarray(model(expected[f"image{i}"])), expected[f"logits{i}"]
+            assert ours.shape == theirs.shape
+            error = float(np.abs(ours - theirs).max())
+            print(f"{name} {theirs.shape[1:3]}: max abs difference {error:.2e}, largest logit "
+                  f"{np.abs(theirs).max():.2f}", file=sys.stderr)
+            assert error <= TOLERANCE * float(np.abs(theirs).max())
