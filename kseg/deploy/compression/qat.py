@@ -1,4 +1,9 @@
-"""Quantization-aware training (QAT) of a Keras 3 kseg model through its tf_keras twin, and its int8 export.
+"""Quantization-aware training (QAT) of a Keras 3 kseg model through its tf_keras twin (tfmot), and its int8 export.
+
+No export mode uses this path any more: `qat_int8` is `kseg.deploy.compression.qat_int8`'s Keras 3 fake-quant
+fine-tune (issue 16: here tfmot gives depthwise kernels one range for all channels before batch norm is folded,
+and DeepLabV3+ lost 0.5-2 mIoU where post-training int8 lost none). It stays for comparison
+(`benchmarks/qat_int8.py`'s old column) and for code that calls it:
 
     artifact = kseg.deploy.modes.Artifact((257, 257))
     info = kseg.deploy.compression.qat_to_litert(model, "model_qat.tflite", train_split=train, artifact=artifact,

@@ -27,7 +27,7 @@ from keras import ops
 
 from kseg import losses
 from kseg.deploy import litert_graph, modes, quantizer
-from kseg.deploy.compression import tuning
+from kseg.deploy.compression import fake_quant, tuning
 from kseg.training import TrainConfig, recipe
 
 
@@ -58,11 +58,9 @@ class FakeQuantConv2D(keras.layers.Conv2D):
 
 
 def fake_quantize(kernel, bits=4):
-    """`kernel` (H, W, in, out) on the symmetric `bits`-bit grid of each output channel; straight-through gradient."""
-    levels = 2 ** (bits - 1) - 1
-    scale = ops.maximum(ops.max(ops.abs(kernel), axis=(0, 1, 2), keepdims=True), 1e-9) / levels
-    rounded = ops.clip(ops.round(kernel / scale), -levels, levels) * scale
-    return kernel + ops.stop_gradient(rounded - kernel)
+    """`kernel` (H, W, in, out) on the symmetric `bits`-bit grid of each output channel; straight-through gradient
+    (`kseg.deploy.compression.fake_quant.symmetric_per_channel`, which the int8 fine-tune shares)."""
+    return fake_quant.symmetric_per_channel(kernel, bits, (0, 1, 2))
 
 
 def int4_layers(model, input_size, settings=None):
