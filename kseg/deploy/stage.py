@@ -63,8 +63,9 @@ def convert(model, path: str, *, mode: str, artifact: modes.Artifact, origin: mo
 
     tuning = dict(train_split=train, artifact=artifact, origin=origin, batch_size=settings.batch_size,
                   num_calibration=settings.num_calibration)
-    if spec.fine_tune == "qat":
-        return compression.qat_to_litert(model, path, steps=settings.qat_steps, learning_rate=learning_rate, **tuning)
+    if spec.fine_tune == "qat":  # Keras 3 fake-quant fine-tune, then the int8 mode (no tfmot): keeps the better file
+        return compression.int8_qat_to_litert(model, path, train_split=train, artifact=artifact, origin=origin,
+                                              settings=settings, learning_rate=learning_rate)
     return compression.prune_to_litert(model, path, sparsity=settings.sparsity, mode=spec.quantization,
                                        epochs=settings.prune_epochs, **tuning)
 
