@@ -288,6 +288,9 @@ def bad_inputs(root):
         "data check": (["data", "check", str(empty)], str(empty)),
         "data pack": (["data", "pack", str(empty), "--out", str(root / "shards")], str(empty)),
         "data synth": (["data", "synth", str(root / "synth"), "--num-images", "0"], "num-images"),
+        "convert": (["convert", "torchvision:lraspp_mobilenet_v3_large", "--weights", missing, "--out",
+                     str(root / "converted")], "missing.keras"),
+        "push": (["push", str(empty), "hf://org/name"], str(empty)),
         "models": (["models", "--no-such-flag"], "unrecognized arguments"),
     }
 
