@@ -45,6 +45,13 @@ def cmd_train(args):
         overrides["model_kwargs"] = _model_args(overrides["model_kwargs"])
     config = training.TrainConfig.from_json(args.config, **overrides) if args.config else \
         training.TrainConfig(**overrides)
+    if args.config and "max_latency" in overrides:  # a new budget for a stored run: choose again
+        config = dataclasses.replace(config, model=overrides.get("model", "auto"), latency_table=None,
+                                     model_kwargs=overrides.get("model_kwargs"))
+    if config.max_latency is not None and config.latency_table is None:  # a repeated run keeps its choice
+        from kseg.deploy import stage
+
+        config = stage.choose_by_latency(config)
     result = training.train(config, started=args.started)
     print(f"best model: {result.best_path}")
 

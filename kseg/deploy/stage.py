@@ -213,6 +213,53 @@ def write_manifest(out_dir, results, title="Export report", **meta):
     return entries
 
 
+def int8_latency(candidate, *, size, threads: int, classes: int = 21, calibration=None, runs: int = 5) -> float:
+    """Milliseconds of one int8 LiteRT call (uint8 image in, logits out) of a `kseg.training.latency.Candidate` built
+    with random weights: converted with a few calibration images (default: 4 synthetic ones), the mean of `runs`."""
+    import tempfile
+
+    import kseg
+
+    model = kseg.models.get(candidate.model, classes, **candidate.kwargs)
+    if calibration is None:
+        calibration = kseg.data.load("synthetic", "train", num_images=4, size=tuple(size))
+    with tempfile.TemporaryDirectory(prefix="kseg-latency-") as folder:
+        path = os.path.join(folder, f"{candidate.model}_int8.tflite")
+        litert.to_litert(model, path, mode="int8", artifact=modes.Artifact(tuple(size)), calibration=calibration,
+                         num_calibration=4)
+        return bench.benchmark(path, threads=threads, runs=runs, warmup=2)["mean_ms"]
+
+
+def choose_by_latency(config, measure=None):
+    """`config` (a `kseg.training.TrainConfig` with `max_latency`) with the model and width
+    `kseg.training.latency.choose` picks, measured by `measure` (default `int8_latency` with the data's classes),
+    and the table it chose from (`latency_table`, stored in the run's config.json); prints the table. A run folder
+    that chose for the same budget before keeps its choice (`kseg.training.latency.previous`)."""
+    import functools
+
+    import kseg
+    from kseg.training import latency
+
+    if config.model_kwargs:
+        raise KsegError("--max-latency chooses the width as well: leave out --model-arg")
+    size = tuple(config.latency_size or latency.SIZE)
+    threads = config.latency_threads or latency.THREADS
+    stored = latency.previous(config)
+    if stored:
+        model, kwargs, table = stored
+        print(f"kseg train: {config.out_dir} already chose {model} for {config.max_latency:g} ms: kept", flush=True)
+        return dataclasses.replace(config, model=model, model_kwargs=kwargs, latency_size=size,
+                                   latency_threads=threads, latency_table=table)
+    if measure is None:
+        classes = config.num_classes or kseg.data.load(config.data, "train", **config.data_options).num_classes
+        calibration = kseg.data.load("synthetic", "train", num_images=4, size=size)
+        measure = functools.partial(int8_latency, classes=classes, calibration=calibration)
+    chosen, table = latency.choose(config.max_latency, measure, size=size, threads=threads, model=config.model)
+    print(latency.describe(table, config.max_latency, size=size, threads=threads), flush=True)
+    return dataclasses.replace(config, model=chosen.model, model_kwargs=dict(chosen.kwargs), latency_size=size,
+                               latency_threads=threads, latency_table=table)
+
+
 def train_zoo(out_dir, input_size, epochs, data):
     """Trains every registered architecture (its narrow test configuration) briefly; returns the checkpoints."""
     import kseg

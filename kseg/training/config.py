@@ -78,6 +78,14 @@ class TrainConfig:
                                           flag="--lr", kind=float)
     weight_decay: float = setting(0.0, "weight decay (adamw: default 1e-4, sgd: none)")
     poly_power: float = setting(0.9, "power of the learning rate's poly decay")
+    max_latency: float | None = setting(None, "choose the architecture and width: the best expected accuracy whose "
+                                              "int8 LiteRT latency, measured on this machine before training, is "
+                                              "within this budget (kseg.training.latency)", kind=float, metavar="MS")
+    latency_size: tuple | None = setting(None, "with --max-latency: the input size latency is measured at "
+                                               "(default 512x512)", kind="size")
+    latency_threads: int | None = setting(None, "with --max-latency: the threads latency is measured with "
+                                                "(default 2)", kind=int)
+    latency_table: list | None = setting(None, kind="internal")  # the candidates --max-latency measured
     loss: str | None = setting(None, "e.g. ce, dice, lovasz, ce+0.5*dice (default: from the class balance)")
     augment: str | None = setting(None, "natural photos (scale, colour), topdown images (microscopy, aerial: "
                                         "flips, turns), flips, turns or none (default: from the images and the "
@@ -102,16 +110,20 @@ class TrainConfig:
         except (OSError, ValueError) as error:
             raise KsegError(f"{path}: cannot read a training config ({error})") from None
         fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: (tuple(v) if k == "crop_size" and v else v) for k, v in stored.items() if k in fields}
+        values = {k: (tuple(v) if k in ("crop_size", "latency_size") and v else v) for k, v in stored.items()
+                  if k in fields}
         return cls(**{**values, **overrides})
 
     def check(self) -> TrainConfig:
         """Itself, once every setting it states can work; else a KsegError naming the first that cannot."""
-        for name in ("batch_size", "steps", "steps_per_epoch", "val_every", "num_classes"):
+        for name in ("batch_size", "steps", "steps_per_epoch", "val_every", "num_classes", "latency_threads"):
             value = getattr(self, name)
+        if self.max_latency is not None and self.latency_table is None:
+            raise KsegError("max_latency is chosen before training: kseg train --max-latency, or "
+                            "kseg.deploy.stage.choose_by_latency(config) first")
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise KsegError(f"{name} must be a positive whole number, got {value!r}")
-        for name in ("epochs", "time_budget", "learning_rate"):
+        for name in ("epochs", "time_budget", "learning_rate", "max_latency"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise KsegError(f"{name} must be a positive number, got {value!r}")
