@@ -20,6 +20,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
+sys.path.insert(0, HERE)
+from peers import venvs  # noqa: E402
 
 
 def child(args):
@@ -64,7 +66,8 @@ def main():
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=150)
     parser.add_argument("--shards", type=int, default=16)
-    parser.add_argument("--work", default="/tmp/kseg-data-scale")
+    parser.add_argument("--work", default=venvs.work_dir("data-scale"),
+                        help="data, shards and cache (under $KSEG_BENCH_CACHE when set)")
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--child", dest="measure")
     parser.add_argument("--data")

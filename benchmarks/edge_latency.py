@@ -1,5 +1,6 @@
 """kseg's LiteRT files against segmentation_models_pytorch in eager PyTorch: DeepLabV3+ MobileNetV2 latency.
 
+    python benchmarks/peers/make_venvs.py smp               # once: SMP's venv
     python benchmarks/edge_latency.py                       # 512x512, 2 threads, 3 rounds: ~90 s on 2 cores
     python benchmarks/edge_latency.py --size 257 --threads 1 --rounds 5
 
@@ -12,7 +13,8 @@ at most 0.4x of SMP's eager PyTorch latency for the same architecture, measured 
   threads, one float32 image in and float32 logits out (the int8 call includes quantizing the image and
   dequantizing the logits), and its interpreter's invoke alone.
 - SMP: `benchmarks/peers/smp_latency.py` in its own venv (`--smp-python`, default $KSEG_SMP_PYTHON or
-  /work/venv-smp/bin/python): `smp.DeepLabV3Plus("mobilenet_v2", encoder_output_stride=16, classes=21)`,
+  the venv `benchmarks/peers/make_venvs.py smp` creates):
+  `smp.DeepLabV3Plus("mobilenet_v2", encoder_output_stride=16, classes=21)`,
   eval, `torch.inference_mode()`, `torch.set_num_threads(threads)`, logits out.
 
 Also, as an app that draws labels runs them: kseg's int8 with the argmax inside (`output="labels"`) against
@@ -35,6 +37,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from peers import venvs  # noqa: E402
+
 TARGETS = {"float32": 0.4, "int8": 0.2}  # issue 10: at most this share of SMP's eager latency (logits)
 LABELS = "int8_labels"  # full int8 with the argmax inside (`--output labels`): what an app that draws labels runs
 
@@ -71,9 +76,11 @@ def main():
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--classes", type=int, default=21)
-    parser.add_argument("--smp-python", default=os.environ.get("KSEG_SMP_PYTHON", "/work/venv-smp/bin/python"))
+    venvs.add_argument(parser, "smp", "runs peers/smp_latency.py")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
+    if not os.path.exists(args.smp_python):
+        raise SystemExit(venvs.missing("smp", args.smp_python))
 
     from kseg.runtime import bench
 

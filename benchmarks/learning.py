@@ -14,9 +14,13 @@ checkpoint (what `kseg train` hands the user), its last model's score and its cu
 (same definitions, see their files). kseg's clock starts when `kseg train` starts (data checks, model
 build and tracing count); the peers' clocks start at their first training step.
 
+    python benchmarks/peers/make_venvs.py                             # once: the smp and data venvs
     python benchmarks/learning.py --budget 120                        # every dataset, 2 minutes each
     python benchmarks/learning.py --datasets synthetic --budget 60    # one
-Writes benchmarks/results/learning.{json,md,png}.
+Writes benchmarks/results/learning.{json,md,png}. Interpreters: `--smp-python` / $KSEG_SMP_PYTHON and
+`--data-python` / $KSEG_DATA_PYTHON, by default the venvs make_venvs.py creates (benchmarks/peers/venvs.py); a
+missing one skips its contender or dataset with a line naming the command that creates it. Data and runs go to
+`--work` (default ~/.cache/kseg-bench/work/learning, under $KSEG_BENCH_CACHE when set).
 """
 
 import argparse
@@ -30,15 +34,17 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-SMP_PYTHON = os.environ.get("KSEG_SMP_PYTHON", "/work/venv-smp/bin/python")
-# The real datasets are read from packages kseg does not need (see benchmarks/real_data.py for the venv).
-DATA_PYTHON = os.environ.get("KSEG_DATA_PYTHON", "/work/venv-data/bin/python")
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+from peers import venvs  # noqa: E402
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
-def prepare(name, root):
+def prepare(name, root, data_python=None):
     """(folder with train/ and val/, None) for `name` ("synthetic" or a benchmarks/real_data.py name), or
-    (None, why) when the dataset's package is missing."""
+    (None, why) when the dataset's package or the data venv is missing. The real datasets are read from packages
+    kseg does not need, by `data_python` (default: venvs.python("data"), see benchmarks/peers/make_venvs.py)."""
     folder = os.path.join(root, "data", name)
     if os.path.isdir(os.path.join(folder, "val")):
         return folder, None
@@ -46,7 +52,9 @@ def prepare(name, root):
         subprocess.run([sys.executable, "-m", "kseg.cli", "data", "synth", folder, "--num-images", "480",
                         "--size", "128"], check=True, env=ENV, capture_output=True)
     else:
-        python = DATA_PYTHON if os.path.exists(DATA_PYTHON) else sys.executable
+        python = venvs.python("data", data_python)
+        if not os.path.exists(python):
+            return None, venvs.missing("data", python)
         result = subprocess.run([python, os.path.join(HERE, "real_data.py"), name, folder], env=ENV,
                                 capture_output=True, text=True)
         if result.returncode:
@@ -96,7 +104,7 @@ def run_kseg(data, budget, out, seed):
 
 def run_peer(name, python, script, data, budget, out, seed):
     if not os.path.exists(python):
-        return {"name": name, "skipped": f"{python} not found (see {script})"}
+        return {"name": name, "skipped": venvs.missing(name, python)}
     started = time.time()
     result = subprocess.run([python, os.path.join(HERE, "peers", script), "--data", data, "--time-budget", str(budget),
                              "--out", out, "--seed", str(seed)], env=ENV, capture_output=True, text=True)
@@ -137,7 +145,9 @@ def main():
     parser.add_argument("--budget", type=float, default=120)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--contenders", nargs="+", default=["kseg", "keras", "smp"])
-    parser.add_argument("--work", default="/tmp/kseg-learning", help="data and runs go here")
+    parser.add_argument("--work", default=venvs.work_dir("learning"), help="data and runs go here")
+    venvs.add_argument(parser, "smp", "the smp contender")
+    venvs.add_argument(parser, "data", "reads the real datasets")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     if args.datasets is None:
@@ -148,7 +158,7 @@ def main():
 
     results = {}
     for dataset in args.datasets:
-        data, missing = prepare(dataset, args.work)
+        data, missing = prepare(dataset, args.work, args.data_python)
         if missing:
             print(f"{dataset}: skipped ({missing})", flush=True)
             continue
@@ -161,7 +171,7 @@ def main():
             elif contender == "keras":
                 run = run_peer("keras", sys.executable, "plain_keras_unet.py", data, args.budget, out, args.seed)
             else:
-                run = run_peer("smp", SMP_PYTHON, "smp_unet.py", data, args.budget, out, args.seed)
+                run = run_peer("smp", args.smp_python, "smp_unet.py", data, args.budget, out, args.seed)
             runs.append(run)
             if "final" in run:
                 f = run["final"]

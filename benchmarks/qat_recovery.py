@@ -1,18 +1,21 @@
 """Where post-training quantization loses points, does kseg's quantization-aware training win them back?
 (issue 10, part 4)
 
+    python benchmarks/peers/make_venvs.py data                # once: the real datasets' venv
     python benchmarks/qat_recovery.py                         # 4 datasets: ~35 min on 2 cores (train included)
     python benchmarks/qat_recovery.py --datasets mni152_tissue --budget 120
     python benchmarks/qat_recovery.py --datasets synthetic --models deeplabv3plus hrnet
 
 For each dataset (the embedded synthetic shapes and the real folders of benchmarks/learning.py, prepared
-the same way), `kseg train --data DIR --time-budget B` trains kseg's default model (a run folder under
---work that exists already is reused), then `kseg.deploy.stage.export_artifact` writes and scores, on the val
-split, each with kseg's defaults (`kseg.deploy.modes.ExportSettings()`):
+the same way, with `--data-python` / $KSEG_DATA_PYTHON), `kseg train --data DIR --time-budget B` trains kseg's
+default model (a run folder under --work that exists already is reused), then
+`kseg.deploy.stage.export_artifact` writes and scores, on the val split, each with kseg's defaults
+(`kseg.deploy.modes.ExportSettings()`):
 
 - float32; post-training int8 and int4 (ai-edge-quantizer: int4 weights, int8 activations);
-- qat_int8 (tfmot through the tf_keras bridge, one pass) and qat_int4 (a Keras 3 fine-tune with the int4
-  kernels rounded in the forward pass, at least `kseg.deploy.modes.QAT_INT4_MIN_STEPS` steps, then int4), at the
+- qat_int8 (the Keras 3 fake-quant fine-tune, kept only where it beats post-training int8) and qat_int4 (a
+  Keras 3 fine-tune with the int4 kernels rounded in the forward pass, at least `kseg.deploy.modes.QAT_INT4_MIN_STEPS`
+  steps, then int4), at the
   learning rates of `kseg.deploy.modes.QAT_LEARNING_RATE`;
 - a control: the same fine-tune as qat_int4 with nothing rounded, then float32 and post-training int4.
   A short budget leaves a model that more training improves, so "QAT beats post-training" could be only
@@ -38,6 +41,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+from peers import venvs  # noqa: E402
+
 DATASETS = ["synthetic", "mni152_tissue", "dsb2018_nuclei", "cells3d_nuclei"]
 MODES = ["float32", "int8", "qat_int8", "int4", "qat_int4"]
 PAIRS = [("int8", "qat_int8"), ("int4", "qat_int4")]
@@ -140,7 +145,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["auto"],
                         help="architectures to train (kseg train --model); auto: kseg's choice")
-    parser.add_argument("--work", default="/tmp/kseg-qat", help="data and run folders (reused when present)")
+    parser.add_argument("--work", default=venvs.work_dir("qat"),
+                        help="data and run folders, reused when present (under $KSEG_BENCH_CACHE when set)")
+    venvs.add_argument(parser, "data", "reads the real datasets")
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--append", action="store_true",
                         help="keep the rows of --out's qat_recovery.json for other datasets and models")
@@ -151,7 +158,7 @@ def main():
     started = time.time()
     rows = []
     for name in args.datasets:
-        folder, why = prepare(name, args.work)
+        folder, why = prepare(name, args.work, args.data_python)
         if folder is None:
             print(f"{name}: skipped ({why})", flush=True)
             continue

@@ -2,85 +2,16 @@
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import sys
 import time
 
-from kseg import commands
+from kseg import commands, settings
 from kseg.deploy import modes
 from kseg.errors import KsegError, first_line
 from kseg.training.config import TrainConfig
 
 STARTED = time.monotonic()  # what `kseg train --time-budget` counts from: before any framework is imported
-
-
-def _pair(text):
-    parts = text.lower().replace("x", ",").split(",")
-    if len(parts) == 1:
-        parts = parts * 2
-    try:
-        return tuple(int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 128 or 256x320, got {text!r}") from None
-
-
-def _add_fine_tuning_args(c):
-    defaults = modes.ExportSettings()
-    c.add_argument("--num-calibration", type=int, default=defaults.num_calibration,
-                   help="images that calibrate int8 ranges")
-    c.add_argument("--qat-steps", type=int, default=defaults.qat_steps,
-                   help="quantization-aware training steps (default: one epoch; qat_int4 at least "
-                        f"{modes.QAT_INT4_MIN_STEPS})")
-    c.add_argument("--qat-lr", type=float, default=defaults.qat_learning_rate,
-                   help="QAT learning rate (default: " + ", ".join(
-                       f"qat_{target} {rate:g}" for target, rate in modes.QAT_LEARNING_RATE.items()) + ")")
-    c.add_argument("--sparsity", type=float, default=defaults.sparsity, help="pruned_* modes: share of zero weights")
-    c.add_argument("--prune-epochs", type=int, default=defaults.prune_epochs)
-    c.add_argument("--batch-size", type=int, default=defaults.batch_size, help="QAT and pruning batch size")
-
-
-def _add_quantizer_args(c):
-    """The ai-edge-quantizer modes' flags (int4, mixed): `kseg export` and `kseg quantize-study` share them."""
-    defaults = modes.ExportSettings()
-    c.add_argument("--max-drop", type=float, default=defaults.max_drop, metavar="POINTS",
-                   help="mixed: the largest mIoU drop from float32 (points, on the calibration images) that full "
-                        "int8 may cost; the fewest ops that keep it stay in float (default %(default)s)")
-    c.add_argument("--promote", default=defaults.promote, choices=list(modes.PROMOTIONS),
-                   help="mixed: what the sensitive ops become: float (fast on CPUs) or int16 activations (integer "
-                        "only hardware; LiteRT's CPU runs int16 on reference kernels)")
-    c.add_argument("--float-ops", nargs="+", default=[], metavar="OP",
-                   help="int4 and mixed: op types that stay in float, e.g. RESIZE_BILINEAR CONCATENATION")
-    c.add_argument("--float-layers", nargs="+", default=[], metavar="NAME_REGEX",
-                   help="int4 and mixed: layers whose ops stay in float (regular expressions searched in the "
-                        "tensor names, which carry the Keras layer names), e.g. classifier 'decoder_.*'")
-
-
-def _add_config_flags(c, config_class):
-    """A flag for every field of a settings dataclass (`kseg.training.config.setting` states its help, flag and
-    choices): the destination is the field's name, the default None (the dataclass's own default applies,
-    and a given `--config` file's values stay unless a flag overrides them)."""
-    for field in dataclasses.fields(config_class):
-        meta, default = field.metadata, field.default
-        if meta.get("kind") == "internal":
-            continue
-        text = meta.get("help") or ""
-        if not (default is None or default is False or default is dataclasses.MISSING) and "default" not in text:
-            text += f"{' ' if text else ''}(default {default})"
-        options = {"dest": field.name, "help": text.replace("%", "%%"), "default": None}
-        if meta.get("metavar"):
-            options["metavar"] = meta["metavar"]
-        if isinstance(default, bool):
-            options.update(action="store_true", default=False)
-        elif meta.get("kind") == "key=value":
-            options.update(action="append")
-        else:
-            plain = str if default is None else type(default)  # a str | None field without a kind takes text
-            kind = {"size": _pair}.get(meta.get("kind"), meta.get("kind") or plain)
-            options["type"] = kind
-            if meta.get("choices"):
-                options["choices"] = list(meta["choices"])
-        c.add_argument(meta.get("flag") or "--" + field.name.replace("_", "-"), **options)
 
 
 def _modes_help():
@@ -102,7 +33,7 @@ def parser():
     c = subcommands.add_parser("train", help="train a model with Keras fit (resumes in an existing --out)",
                             description="Settings left out are chosen from the data (printed at the start and "
                                         "stored in OUT/config.json; --config repeats a run).")
-    _add_config_flags(c, TrainConfig)
+    settings.add_flags(c, TrainConfig)
     c.add_argument("--config", help="a run's config.json: repeat that run (flags given here override it)")
     c.set_defaults(func=commands.cmd_train)
 
@@ -127,7 +58,7 @@ def parser():
     c.add_argument("model", help="a .keras file, a model folder (kseg.models.save_pretrained) or hf://org/name")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--modes", nargs="+", default=["float32", "int8"], choices=list(modes.MODES), help=_modes_help())
-    c.add_argument("--input-size", type=_pair,
+    c.add_argument("--input-size", type=settings.size,
                    help="input size of the exported model, e.g. 257x257 (default: the model's, or its training crop)")
     c.add_argument("--output", default="logits", choices=list(modes.OUTPUTS),
                    help="logits, or a uint8 label map (argmax inside the graph)")
@@ -137,8 +68,7 @@ def parser():
                         "training data, else synthetic)")
     c.add_argument("--num-classes", type=int)
     c.add_argument("--savedmodel", action="store_true", help="also write a SavedModel")
-    _add_fine_tuning_args(c)
-    _add_quantizer_args(c)
+    settings.add_flags(c, modes.ExportSettings)
     c.set_defaults(func=commands.cmd_export)
 
     c = subcommands.add_parser("quantize-study", help="every quantization mode side by side: size, latency, mIoU")
@@ -148,14 +78,13 @@ def parser():
     c.add_argument("--out", required=True, help="folder for the artifacts, study.md, study.json and study.png")
     c.add_argument("--modes", nargs="+", default=list(modes.LITERT), choices=list(modes.MODES),
                    help=f"default: every LiteRT mode (add onnx to compare onnxruntime). {_modes_help()}")
-    c.add_argument("--input-size", type=_pair,
+    c.add_argument("--input-size", type=settings.size,
                    help="input size of the exported models, e.g. 257x257 (default: the model's, or its training crop)")
     c.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     c.add_argument("--runs", type=int, default=20, help="timed runs per artifact and thread count")
     c.add_argument("--sensitivity", action="store_true", help="also rank layers by their int8 error")
     c.add_argument("--num-classes", type=int)
-    _add_fine_tuning_args(c)
-    _add_quantizer_args(c)
+    settings.add_flags(c, modes.ExportSettings)
     c.set_defaults(func=commands.cmd_quantize_study)
 
     c = subcommands.add_parser("bench", help="latency (mean, p50, p90; invoke, copies, start-up, memory) and size of "
@@ -164,7 +93,7 @@ def parser():
     c.add_argument("--threads", type=int, nargs="+", default=[2])
     c.add_argument("--runs", type=int, default=30)
     c.add_argument("--warmup", type=int, default=5)
-    c.add_argument("--input-size", type=_pair, help="for .keras models that take any size (default 257)")
+    c.add_argument("--input-size", type=settings.size, help="for .keras models that take any size (default 257)")
     c.add_argument("--ops", action="store_true",
                    help="also time each op type with the runtime's profiler (.tflite: LiteRT's, .onnx: onnxruntime's)")
     c.add_argument("--top-ops", type=int, default=10, help="op types to print with --ops (all go to --json)")
@@ -191,7 +120,7 @@ def parser():
     d = data.add_parser("synth", help="write the synthetic dataset as PNG folders")
     d.add_argument("out")
     d.add_argument("--num-images", type=int, default=64)
-    d.add_argument("--size", type=_pair, default=(128, 128), help="e.g. 128 or 96x128 (default 128)")
+    d.add_argument("--size", type=settings.size, default=(128, 128), help="e.g. 128 or 96x128 (default 128)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=commands.cmd_data_synth)
 

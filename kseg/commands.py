@@ -3,9 +3,11 @@
 Each command imports what it needs when it runs, so `kseg --help` starts without loading a framework.
 """
 
+import dataclasses
 import json
 import os
 
+from kseg import settings
 from kseg.deploy import modes
 from kseg.errors import KsegError, first_line
 
@@ -25,22 +27,20 @@ def _model_args(items):
 
 
 def cmd_demo(args):
+    import dataclasses
+
     from kseg import demo
 
     config = demo.DemoConfig.quick(args.out) if args.quick else demo.DemoConfig(out_dir=args.out)
-    if args.steps is not None:
-        config.steps = args.steps
-    config.overwrite = args.overwrite
+    config.train = dataclasses.replace(config.train, overwrite=args.overwrite,
+                                       **({"steps": args.steps} if args.steps is not None else {}))
     demo.run(config)
 
 
 def cmd_train(args):
-    import dataclasses
-
     from kseg import training
 
-    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(training.TrainConfig)
-                 if getattr(args, field.name, None) is not None}
+    overrides = settings.given(args, training.TrainConfig)
     if "model_kwargs" in overrides:
         overrides["model_kwargs"] = _model_args(overrides["model_kwargs"])
     config = training.TrainConfig.from_json(args.config, **overrides) if args.config else \
@@ -103,14 +103,12 @@ def cmd_predict(args):
 
 
 def _settings(args, cls=modes.ExportSettings, **more):
-    """The export settings (or a StudyConfig) from the fine-tuning and quantizer flags."""
-    if (args.float_ops or args.float_layers) and not set(args.modes) & set(modes.AEQ):
+    """The export settings (or a StudyConfig) from the flags `kseg.settings.add_flags` made of its fields."""
+    given = settings.given(args, modes.ExportSettings)
+    if (given.get("float_ops") or given.get("float_layers")) and not set(args.modes) & set(modes.AEQ):
         raise KsegError(f"--float-ops and --float-layers apply to the ai-edge-quantizer modes ({', '.join(modes.AEQ)})"
                         f"; none of {', '.join(args.modes)} is one")
-    return cls(num_calibration=args.num_calibration, qat_steps=args.qat_steps, qat_learning_rate=args.qat_lr,
-               sparsity=args.sparsity, prune_epochs=args.prune_epochs, batch_size=args.batch_size,
-               max_drop=args.max_drop, promote=args.promote, float_ops=tuple(args.float_ops),
-               float_layers=tuple(args.float_layers), **more)
+    return cls(**given, **more)
 
 
 def cmd_export(args):

@@ -41,9 +41,11 @@ def overlay(image, labels, alpha=0.55):
     return np.clip(blend, 0, 255).astype(np.uint8)
 
 
-def panel(image, truth, prediction):
-    """Image | ground-truth overlay | prediction overlay, side by side with 4-pixel gaps."""
+def panel(image, *label_maps):
+    """Image | an overlay of each label map (ground truth, predictions...), side by side with 4-pixel gaps."""
     image = np.asarray(image, np.uint8)
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-    parts = [image, gap, overlay(image, truth), gap, overlay(image, prediction)]
+    parts = [image]
+    for labels in label_maps:
+        parts += [gap, overlay(image, labels)]
     return np.concatenate(parts, axis=1)

@@ -281,7 +281,7 @@ def bad_inputs(root):
         "demo": (["demo", "--steps", "0", "--out", str(root / "demo")], "steps must be a positive"),
         "train": (["train", "--data", str(empty), "--out", str(root / "run")], str(empty)),
         "evaluate": (["evaluate", str(truncated), "--data", "synthetic"], "corrupt or truncated"),
-        "predict": (["predict", missing, str(empty)], "no such file"),
+        "predict": (["predict", missing, str(empty), "--out", str(root / "labels")], "no such file"),
         "export": (["export", str(truncated), "--out", str(root / "out")], "corrupt or truncated"),
         "quantize-study": (["quantize-study", missing, "--out", str(root / "study")], "no such file"),
         "bench": (["bench", str(truncated)], "corrupt or truncated"),

@@ -12,7 +12,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "kseg")
 # belongs to the longest name here that it equals or starts with.
 LAYERS = (
     # utilities
-    ("kseg", "kseg.errors", "kseg.console", "kseg.files", "kseg.provenance", "kseg.viz", "kseg.report",
+    ("kseg", "kseg.errors", "kseg.console", "kseg.files", "kseg.provenance", "kseg.settings", "kseg.viz", "kseg.report",
      "kseg.complexity"),
     # what a model is made of and learns from
     ("kseg.models", "kseg.data", "kseg.losses", "kseg.metrics"),

@@ -1,6 +1,7 @@
 """segmentation_models_pytorch's DeepLabV3+ MobileNetV2 in eager PyTorch: single-image latency on the CPU.
 
-    /work/venv-smp/bin/python benchmarks/peers/smp_latency.py --size 512 --threads 2 --runs 20
+    python benchmarks/peers/make_venvs.py smp         # once; prints SMP_PYTHON, the venv's interpreter
+    SMP_PYTHON benchmarks/peers/smp_latency.py --size 512 --threads 2 --runs 20
 
 What a PyTorch user deploying SMP would time: `smp.DeepLabV3Plus(encoder_name="mobilenet_v2",
 encoder_weights=None, encoder_output_stride=16, classes=21)` in eval mode under `torch.inference_mode()`,

@@ -1,14 +1,12 @@
 """Peer: segmentation_models_pytorch Unet(resnet34, random weights) with a plain PyTorch loop, for a wall-clock budget.
 
-    /work/venv-smp/bin/python benchmarks/peers/smp_unet.py --data DIR --time-budget 120 --out OUT [--seed 0]
+    python benchmarks/peers/make_venvs.py smp         # once; prints SMP_PYTHON, the venv's interpreter
+    SMP_PYTHON benchmarks/peers/smp_unet.py --data DIR --time-budget 120 --out OUT [--seed 0]
 
-Its own venv (not kseg's; this is a benchmark peer, not a dependency), set up as in shared/FACTS.md:
-
-    python3 -m venv /work/venv-smp
-    /work/venv-smp/bin/pip install torch==2.13.0
-    echo torch==2.13.0 > /work/venv-smp/c.txt
-    /work/venv-smp/bin/pip install -c /work/venv-smp/c.txt segmentation-models-pytorch==0.6.0
-    # resolved here to torch 2.13.0+cpu, segmentation_models_pytorch 0.6.0, timm 1.0.31, torchvision 0.28.0
+Its own venv (not kseg's; this is a benchmark peer, not a dependency), which make_venvs.py sets up in
+~/.cache/kseg-bench/venvs/smp: torch==2.13.0 first, then segmentation-models-pytorch==0.6.0 under a constraint
+file holding torch==2.13.0 (so pip keeps the CPU torch); resolved on the CPU machine it was written on to torch
+2.13.0+cpu, segmentation_models_pytorch 0.6.0, timm 1.0.31, torchvision 0.28.0.
 
 The only torchvision wheel that resolves (0.28.0) fails to import on CPU torch ("operator torchvision::nms does not
 exist"); the workaround in smp_import.py (from FACTS.md) defines the missing operator schemas so the pure-Python

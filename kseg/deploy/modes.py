@@ -23,6 +23,7 @@ import dataclasses
 import operator
 
 from kseg.errors import KsegError
+from kseg.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,18 +93,31 @@ def get(name):
 
 @dataclasses.dataclass
 class ExportSettings:
-    """How the calibrating and fine-tuning modes run: the one place their defaults live."""
+    """How the calibrating and fine-tuning modes run: the one place their defaults live (and their flags'
+    help: `kseg export` and `kseg quantize-study` take each as a flag)."""
 
-    num_calibration: int = 100  # images that calibrate int8 ranges
-    qat_steps: int | None = None  # QAT steps; None: one pass over the training split (qat_int4: >= QAT_INT4_MIN_STEPS)
-    qat_learning_rate: float | None = None  # None: QAT_LEARNING_RATE of the mode's target (int8 or int4)
-    sparsity: float = 0.5  # pruned_* modes: share of zero weights
-    prune_epochs: int = 2
-    batch_size: int = 8  # QAT and pruning batch size
-    max_drop: float = 0.3  # mixed: the largest mIoU drop from float32 (points) on the calibration images
-    promote: str = "float"  # mixed: sensitive ops run in "float" (fast on CPUs) or with "int16" activations
-    float_ops: tuple = ()  # int4 and mixed: op types (CONV_2D, RESIZE_BILINEAR...) that stay in float
-    float_layers: tuple = ()  # int4 and mixed: regular expressions of layer names whose ops stay in float
+    num_calibration: int = setting(100, "images that calibrate int8 ranges")
+    qat_steps: int | None = setting(None, "quantization-aware training steps (default: one pass over the training "
+                                          f"split; qat_int4 at least {QAT_INT4_MIN_STEPS})", kind=int)
+    qat_learning_rate: float | None = setting(
+        None, "QAT learning rate (default: " + ", ".join(f"qat_{target} {rate:g}" for target, rate in
+                                                        QAT_LEARNING_RATE.items()) + ")", flag="--qat-lr", kind=float)
+    sparsity: float = setting(0.5, "pruned_* modes: share of zero weights")
+    prune_epochs: int = setting(2, "pruned_* modes: fine-tuning passes over the training split")
+    batch_size: int = setting(8, "QAT and pruning batch size")
+    max_drop: float = setting(0.3, "mixed: the largest mIoU drop from float32 (points, on the calibration images) "
+                                   "that full int8 may cost; the fewest ops that keep it stay in float",
+                              metavar="POINTS")
+    promote: str = setting("float", "mixed: what the sensitive ops become: float (fast on CPUs) or int16 "
+                                    "activations (integer-only hardware; LiteRT's CPU runs int16 on reference "
+                                    "kernels)", choices=PROMOTIONS)
+    float_ops: tuple = setting((), "int4 and mixed: op types that stay in float, e.g. RESIZE_BILINEAR "
+                                   "CONCATENATION", kind="list", metavar="OP")
+    float_layers: tuple = setting((), "int4 and mixed: layers whose ops stay in float (regular expressions "
+                                      "searched in the tensor names, which carry the Keras layer names), e.g. "
+                                      "classifier 'decoder_.*'", kind="list", metavar="NAME_REGEX")
+    verbose: int = setting(1, "1: a progress bar for every fine-tune and search, 0: one line an artifact",
+                           choices=(0, 1))
 
 
 @dataclasses.dataclass(frozen=True)

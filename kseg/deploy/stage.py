@@ -52,17 +52,18 @@ def convert(model, path: str, *, mode: str, artifact: modes.Artifact, origin: mo
             from kseg.deploy.compression import qat_int4
 
             model, tuning = qat_int4.int4_aware_training(model, train, input_size=artifact.input_size,
-                                                         learning_rate=learning_rate, settings=settings, verbose=0)
+                                                         learning_rate=learning_rate, settings=settings,
+                                                         verbose=settings.verbose)
             extras = {"training": "qat", "fine_tune": tuning}
         return quantizer.to_litert(model, path, mode=spec.quantization, artifact=artifact, calibration=train,
-                                   origin=origin, settings=settings, extras=extras)
+                                   origin=origin, settings=settings, progress=bool(settings.verbose), extras=extras)
     if spec.fine_tune is None:
         return litert.to_litert(model, path, mode=spec.quantization, artifact=artifact, origin=origin,
                                 calibration=train, num_calibration=settings.num_calibration)
     from kseg.deploy import compression
 
     tuning = dict(train_split=train, artifact=artifact, origin=origin, batch_size=settings.batch_size,
-                  num_calibration=settings.num_calibration)
+                  num_calibration=settings.num_calibration, verbose=settings.verbose)
     if spec.fine_tune == "qat":  # Keras 3 fake-quant fine-tune, then the int8 mode (no tfmot): keeps the better file
         return compression.int8_qat_to_litert(model, path, train_split=train, artifact=artifact, origin=origin,
                                               settings=settings, learning_rate=learning_rate)
@@ -189,6 +190,8 @@ def export_checkpoint(checkpoint, out_dir: str, mode_names, *, input_size=None, 
     stem = os.path.join(out_dir, stem or (artifact_stem(source) if source else model.name))
     results, reference = [], None
     for name in mode_names:
+        if progress and modes.get(name).fine_tune:  # the fine-tune's own progress bar follows
+            print(f"  {name}: {modes.get(name).summary}", flush=True)
         result = export_artifact(model, f"{stem}_{name}{modes.get(name).suffix}", mode=name, artifact=artifact,
                                  origin=origin, train=train, val=val, settings=settings, threads=threads, runs=runs,
                                  reference=reference)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kseg.errors import KsegError
+from kseg.settings import setting
 
 if TYPE_CHECKING:
     import keras
@@ -36,17 +37,6 @@ AUGMENTATIONS = {
     "topdown": dict(scale_range=(0.75, 1.33), flip=True, vertical_flip=True, rotate90=True, jitter="brightness"),
     "none": dict(scale_range=(1.0, 1.0), flip=False, vertical_flip=False, rotate90=False, jitter=None),
 }
-
-
-def setting(default: Any = None, help: str = "", flag: str | None = None, choices=None, kind=None,
-            metavar: str | None = None) -> Any:
-    """A TrainConfig field and its command-line flag: `help` (the default is appended where it is not None),
-    `flag` (default: `--` and the field name with dashes), `choices`, `kind` (the flag's type: the default's
-    when None)."""
-    meta = {"help": help, "flag": flag, "choices": choices, "kind": kind, "metavar": metavar}
-    if isinstance(default, dict):
-        return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass
@@ -78,14 +68,6 @@ class TrainConfig:
                                           flag="--lr", kind=float)
     weight_decay: float = setting(0.0, "weight decay (adamw: default 1e-4, sgd: none)")
     poly_power: float = setting(0.9, "power of the learning rate's poly decay")
-    max_latency: float | None = setting(None, "choose the architecture and width: the best expected accuracy whose "
-                                              "int8 LiteRT latency, measured on this machine before training, is "
-                                              "within this budget (kseg.training.latency)", kind=float, metavar="MS")
-    latency_size: tuple | None = setting(None, "with --max-latency: the input size latency is measured at "
-                                               "(default 512x512)", kind="size")
-    latency_threads: int | None = setting(None, "with --max-latency: the threads latency is measured with "
-                                                "(default 2)", kind=int)
-    latency_table: list | None = setting(None, kind="internal")  # the candidates --max-latency measured
     loss: str | None = setting(None, "e.g. ce, dice, lovasz, ce+0.5*dice (default: from the class balance)")
     augment: str | None = setting(None, "natural photos (scale, colour), topdown images (microscopy, aerial: "
                                         "flips, turns), flips, turns or none (default: from the images and the "
@@ -96,6 +78,14 @@ class TrainConfig:
     distribute: str | None = setting(None, "mirrored: every local GPU (or the CPU); multiworker: several "
                                            "machines, each with its TF_CONFIG (batch size per worker; the chief "
                                            "writes --out)", choices=DISTRIBUTIONS)
+    max_latency: float | None = setting(None, "choose the architecture and width: the best expected accuracy whose "
+                                              "int8 LiteRT latency, measured on this machine before training, is "
+                                              "within this budget (kseg.training.latency)", kind=float, metavar="MS")
+    latency_size: tuple | None = setting(None, "with --max-latency: the input size latency is measured at "
+                                               "(default 512x512)", kind="size")
+    latency_threads: int | None = setting(None, "with --max-latency: the threads latency is measured with "
+                                                "(default 2)", kind=int)
+    latency_table: list | None = setting(None, kind="internal")  # the candidates --max-latency measured
     out_dir: str = setting("runs/kseg", "run folder: best.keras, last.keras, log.csv, config.json", flag="--out")
     overwrite: bool = setting(False, "replace a finished run in --out")
     verbose: int = setting(1, "1: a progress bar, 2: one line a round, 0: settings and summary only",
@@ -118,9 +108,6 @@ class TrainConfig:
         """Itself, once every setting it states can work; else a KsegError naming the first that cannot."""
         for name in ("batch_size", "steps", "steps_per_epoch", "val_every", "num_classes", "latency_threads"):
             value = getattr(self, name)
-        if self.max_latency is not None and self.latency_table is None:
-            raise KsegError("max_latency is chosen before training: kseg train --max-latency, or "
-                            "kseg.deploy.stage.choose_by_latency(config) first")
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise KsegError(f"{name} must be a positive whole number, got {value!r}")
         for name in ("epochs", "time_budget", "learning_rate", "max_latency"):
@@ -131,6 +118,9 @@ class TrainConfig:
             crop = tuple(self.crop_size)
             if len(crop) != 2 or not all(isinstance(s, int) and s > 0 for s in crop):
                 raise KsegError(f"crop_size must be two positive whole numbers (height, width), got {self.crop_size!r}")
+        if self.max_latency is not None and self.latency_table is None:
+            raise KsegError("max_latency is chosen before training: kseg train --max-latency, or "
+                            "kseg.deploy.stage.choose_by_latency(config) first")
         if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 1):
             raise KsegError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
         if not (isinstance(self.poly_power, (int, float)) and self.poly_power >= 0):
