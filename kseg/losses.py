@@ -9,6 +9,8 @@ over the valid pixels of the whole batch. Losses combine with `+` and `*`:
 `y_true` holds class indices, shaped (N, H, W) or (N, H, W, 1); `y_pred` holds logits (N, H, W, C).
 """
 
+from collections.abc import Sequence
+
 import keras
 from keras import ops
 
@@ -19,7 +21,8 @@ from kseg.errors import KsegError
 class SegmentationLoss(keras.losses.Loss):
     """Base class: turns labels and logits into flat per-pixel tensors with a validity mask."""
 
-    def __init__(self, ignore_label=IGNORE_LABEL, name=None, reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, ignore_label: int = IGNORE_LABEL, name: str | None = None,
+                 reduction: str = "sum_over_batch_size", dtype: str | None = None):
         super().__init__(name=name or _snake(type(self).__name__), reduction=reduction, dtype=dtype)
         self.ignore_label = ignore_label
 
@@ -85,7 +88,7 @@ class CrossEntropy(SegmentationLoss):
     With class weights, the mean is weighted like PyTorch's: sum(w * ce) / sum(w) over valid pixels.
     """
 
-    def __init__(self, class_weights=None, label_smoothing=0.0, **kwargs):
+    def __init__(self, class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.label_smoothing = float(label_smoothing)
@@ -115,7 +118,7 @@ class CrossEntropy(SegmentationLoss):
 class Focal(SegmentationLoss):
     """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true) ** gamma; `alpha` weights classes."""
 
-    def __init__(self, gamma=2.0, alpha=None, **kwargs):
+    def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.gamma = float(gamma)
         self.alpha = alpha if alpha is None or isinstance(alpha, float) else [float(a) for a in alpha]
@@ -145,7 +148,7 @@ class Tversky(SegmentationLoss):
     Classes absent from the batch's labels are left out of the mean (they carry no signal).
     """
 
-    def __init__(self, alpha=0.5, beta=0.5, gamma=1.0, smooth=1.0, **kwargs):
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0, smooth: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.alpha, self.beta, self.gamma, self.smooth = float(alpha), float(beta), float(gamma), float(smooth)
 
@@ -170,7 +173,7 @@ class Tversky(SegmentationLoss):
 class Dice(Tversky):
     """Soft Dice loss (Milletari et al. 2016): 1 - 2|P∩T| / (|P| + |T|), averaged over present classes."""
 
-    def __init__(self, smooth=1.0, **kwargs):
+    def __init__(self, smooth: float = 1.0, **kwargs):
         kwargs.update(alpha=0.5, beta=0.5)
         super().__init__(smooth=smooth, **kwargs)
 
@@ -185,7 +188,7 @@ class Dice(Tversky):
 class Jaccard(Tversky):
     """Soft Jaccard (IoU) loss (Rahman and Wang 2016): 1 - |P∩T| / |P∪T|, averaged over present classes."""
 
-    def __init__(self, smooth=1.0, **kwargs):
+    def __init__(self, smooth: float = 1.0, **kwargs):
         kwargs.update(alpha=1.0, beta=1.0)
         super().__init__(smooth=smooth, **kwargs)
 
@@ -222,7 +225,8 @@ class LovaszSoftmax(SegmentationLoss):
 class WeightedSum(keras.losses.Loss):
     """A weighted sum of losses: `WeightedSum([CrossEntropy(), Dice()], [1.0, 0.5])`, or `CE() + 0.5 * Dice()`."""
 
-    def __init__(self, losses, weights=None, name="weighted_sum", reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, losses: Sequence[keras.losses.Loss], weights: Sequence[float] | None = None,
+                 name: str = "weighted_sum", reduction: str = "sum_over_batch_size", dtype: str | None = None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.losses = [keras.losses.deserialize(term) if isinstance(term, dict) else term for term in losses]
         self.weights = [1.0] * len(self.losses) if weights is None else [float(w) for w in weights]
@@ -263,11 +267,11 @@ _BY_NAME = {
 }
 
 
-def names():
+def names() -> list[str]:
     return sorted(_BY_NAME)
 
 
-def get(spec, **kwargs):
+def get(spec: str, **kwargs) -> keras.losses.Loss:
     """A loss from a short spec: "ce", "dice", "ce+0.5*dice", "0.7*focal + 0.3*lovasz".
 
     `kwargs` (e.g. ignore_label) go to every term.

@@ -22,7 +22,8 @@ class ConfusionMatrix(keras.metrics.Metric):
     For a binary model (1 logit channel) use num_classes=2: a logit > 0 predicts class 1.
     """
 
-    def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name="confusion_matrix", dtype=None):
+    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL, name: str = "confusion_matrix",
+                 dtype: str | None = None):
         super().__init__(name=name, dtype=dtype)
         self.num_classes = int(num_classes)
         self.ignore_label = ignore_label
@@ -92,7 +93,8 @@ class SegmentationMetrics(ConfusionMatrix):
     coefficient TP / sqrt((TP + FP)(TP + FN))). Means run over classes that occur in labels or predictions.
     """
 
-    def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name="segmentation_metrics", dtype=None):
+    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL, name: str = "segmentation_metrics",
+                 dtype: str | None = None):
         super().__init__(num_classes, ignore_label, name=name, dtype=dtype)
 
     def result(self):
@@ -100,9 +102,10 @@ class SegmentationMetrics(ConfusionMatrix):
 
 
 class _OneScore(ConfusionMatrix):
-    score = None
+    score = ""  # the key of `_scores` a subclass reports
 
-    def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name=None, dtype=None):
+    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL, name: str | None = None,
+                 dtype: str | None = None):
         super().__init__(num_classes, ignore_label, name=name or self.score, dtype=dtype)
 
     def result(self):
@@ -128,7 +131,8 @@ MeanCosineSimilarity = _one_score(
 class PerClassIoU(ConfusionMatrix):
     """IoU of every class as a vector (NaN-free: a class never seen nor predicted scores 0)."""
 
-    def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name="per_class_iou", dtype=None):
+    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL, name: str = "per_class_iou",
+                 dtype: str | None = None):
         super().__init__(num_classes, ignore_label, name=name, dtype=dtype)
 
     def result(self):
@@ -136,7 +140,8 @@ class PerClassIoU(ConfusionMatrix):
         return _ratio(tp, tp + fp + fn)
 
 
-def confusion_matrix(labels, predictions, num_classes, ignore_label=IGNORE_LABEL):
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int,
+                     ignore_label: int = IGNORE_LABEL) -> np.ndarray:
     """NumPy confusion matrix (int64) of integer label and prediction maps of the same shape."""
     labels = np.asarray(labels).reshape(-1)
     predictions = np.asarray(predictions).reshape(-1)
@@ -149,7 +154,7 @@ def confusion_matrix(labels, predictions, num_classes, ignore_label=IGNORE_LABEL
     return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes).astype(np.int64)
 
 
-def scores(confusion):
+def scores(confusion: np.ndarray) -> dict:
     """Every score of a NumPy confusion matrix, in NumPy (float64): the scalars `SegmentationMetrics`
     logs, and per-class lists `iou`, `class_dice`, `accuracy` (recall) and `support` (true pixels)."""
     confusion = np.asarray(confusion, dtype=np.float64)

@@ -4,10 +4,21 @@ Pareto fronts, confusion).
     kseg.report.markdown_table(["mode", "mIoU"], [["int8", "71.20"]], align="lr")
 """
 
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
 import numpy as np
 
 
-def markdown_table(header, rows, align=None):
+class Scored(Protocol):
+    """What `confusion_figure` reads of a `kseg.runtime.evaluation.EvaluationResult`."""
+
+    confusion: np.ndarray
+    class_names: list
+    scores: dict
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence], align: str | None = None) -> str:
     """A markdown table; `align` holds one letter per column, "l" (left) or "r" (right; default for all
     but the first column)."""
     align = align or "l" + "r" * (len(header) - 1)
@@ -16,7 +27,7 @@ def markdown_table(header, rows, align=None):
     return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
 
 
-def artifacts_table(entries, threads, reference=None):
+def artifacts_table(entries: Sequence[dict], threads: Sequence[int], reference: dict | None = None) -> str:
     """One row per artifact entry of `kseg.deploy.stage` (or the demo's Keras model): size, gzip size, latency at each
     thread count and mIoU; with a `reference` entry, the change of mIoU against it; where measured, the share
     of pixels whose label agrees with the stage's reference artifact (float32)."""
@@ -48,7 +59,7 @@ def _pyplot():
     return plt
 
 
-def latency_plot(entries, threads, path):
+def latency_plot(entries: Sequence[dict], threads: int, path: str) -> str:
     """Latency (ms) against mIoU, one point per entry (dicts with "artifact" or "mode", "latency_ms" by thread
     count, "miou", "size_bytes")."""
     plt = _pyplot()
@@ -69,19 +80,19 @@ def latency_plot(entries, threads, path):
     return path
 
 
-def pareto_front(entries, cost):
+def pareto_front(entries: Sequence[dict], cost: Callable[[dict], float | None]) -> list[dict]:
     """The entries that no other entry beats on both `cost(entry)` (lower is better: latency, size) and mIoU
     (higher is better), cheapest first: the trade-offs worth choosing from. Entries without a cost or mIoU are
     left out."""
     known = [e for e in entries if e.get("miou") is not None and cost(e) is not None]
-    front = []
+    front: list[dict] = []
     for e in sorted(known, key=lambda e: (cost(e), -e["miou"])):
         if not front or e["miou"] > front[-1]["miou"]:
             front.append(e)
     return front
 
 
-def pareto_plot(entries, threads, path):
+def pareto_plot(entries: Sequence[dict], threads: int, path: str) -> str:
     """Two panels, latency (at `threads`) and file size against mIoU, one point per entry, each with its Pareto
     front drawn as a staircase through the entries nothing beats (their labels in bold)."""
     plt = _pyplot()
@@ -125,7 +136,7 @@ def pareto_plot(entries, threads, path):
     return path
 
 
-def confusion_figure(result, path):
+def confusion_figure(result: Scored, path: str) -> str:
     """Saves the row-normalised confusion matrix of a `kseg.runtime.evaluation.EvaluationResult` as a PNG."""
     plt = _pyplot()
     confusion = result.confusion.astype(np.float64)

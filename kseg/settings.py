@@ -35,7 +35,8 @@ def size(text: str) -> tuple[int, int]:
     if len(parts) == 1:
         parts = parts * 2
     try:
-        return tuple(int(p) for p in parts)
+        height, width = (int(p) for p in parts)
+        return height, width
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size like 128 or 256x320, got {text!r}") from None
 
@@ -47,7 +48,7 @@ def add_flags(parser: argparse.ArgumentParser, settings_class: type) -> None:
         meta = field.metadata
         if meta.get("kind") == "internal" or "help" not in meta:
             continue
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc,operator]
         text = meta["help"]
         if not (default is None or default is False or default in ((), [])) and "default" not in text:
             text += f"{' ' if text else ''}(default {default})"

@@ -86,7 +86,7 @@ def analyzer(flatbuffer: bytes) -> dict:
             os.close(saved)
         out.seek(0)
         text = printed.getvalue() + out.read()
-    problems = collections.Counter()
+    problems: collections.Counter[tuple[str, str]] = collections.Counter()
     for line in text.splitlines():
         if "GPU COMPATIBILITY WARNING" in line:
             reason = line.split("WARNING:", 1)[-1].strip()
@@ -108,7 +108,7 @@ def strict(flatbuffer: bytes) -> dict:
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     op_names = {code: name for name, code in vars(tfl.BuiltinOperator).items() if not name.startswith("_")}
     type_names = {code: name for name, code in vars(tfl.TensorType).items() if not name.startswith("_")}
-    problems = collections.Counter()
+    problems: collections.Counter[tuple[str, str]] = collections.Counter()
     for subgraph in model.subgraphs:
         tensors = subgraph.tensors
         constants = {index for index, tensor in enumerate(tensors) if model.buffers[tensor.buffer].data is not None}

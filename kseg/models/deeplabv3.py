@@ -5,6 +5,8 @@ Image Segmentation", arXiv:1706.05587).
     model(numpy.zeros((1, 513, 513, 3))).shape  # (1, 513, 513, 21)
 """
 
+from collections.abc import Sequence
+
 import keras
 
 from kseg.models import arguments, backbones, blocks
@@ -19,17 +21,17 @@ DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
     tiny={"backbone": "mobilenetv2", "backbone_kwargs": {"alpha": 0.35}, "aspp_filters": 32, "output_stride": 8},
 )
 def deeplabv3(
-    num_classes,
-    input_shape=(None, None, 3),
-    backbone="resnet50",
-    output_stride=16,
-    backbone_weights=None,
-    backbone_kwargs=None,
-    atrous_rates=None,
-    aspp_filters=256,
-    dropout=0.1,
-    name="deeplabv3",
-):
+    num_classes: int,
+    input_shape: tuple = (None, None, 3),
+    backbone: str = "resnet50",
+    output_stride: int = 16,
+    backbone_weights: str | None = None,
+    backbone_kwargs: dict | None = None,
+    atrous_rates: Sequence[int] | None = None,
+    aspp_filters: int = 256,
+    dropout: float = 0.1,
+    name: str = "deeplabv3",
+) -> keras.Model:
     """Builds DeepLabV3: an atrous backbone (output stride 8 or 16) and ASPP with image-level pooling,
     then a 1x1 classifier whose logits are upsampled bilinearly to the input size.
 

@@ -5,6 +5,8 @@ Convolution for Semantic Image Segmentation", arXiv:1802.02611).
     model(numpy.zeros((1, 257, 257, 3))).shape  # (1, 257, 257, 21)
 """
 
+from collections.abc import Sequence
+
 import keras
 from keras import layers
 
@@ -22,20 +24,20 @@ DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
     small={"backbone_kwargs": {"alpha": 0.5}, "aspp_filters": 128, "decoder_filters": 128, "low_level_filters": 32},
 )
 def deeplabv3plus(
-    num_classes,
-    input_shape=(None, None, 3),
-    backbone="mobilenetv2",
-    output_stride=16,
-    backbone_weights=None,
-    backbone_kwargs=None,
-    atrous_rates=None,
-    aspp_filters=256,
-    decoder_filters=256,
-    low_level_filters=48,
-    low_level_stride=4,
-    dropout=0.1,
-    name="deeplabv3plus",
-):
+    num_classes: int,
+    input_shape: tuple = (None, None, 3),
+    backbone: str = "mobilenetv2",
+    output_stride: int = 16,
+    backbone_weights: str | None = None,
+    backbone_kwargs: dict | None = None,
+    atrous_rates: Sequence[int] | None = None,
+    aspp_filters: int = 256,
+    decoder_filters: int = 256,
+    low_level_filters: int = 48,
+    low_level_stride: int = 4,
+    dropout: float = 0.1,
+    name: str = "deeplabv3plus",
+) -> keras.Model:
     """Builds DeepLabV3+: an atrous backbone, ASPP with image pooling, and a decoder fed low-level features.
 
     Args:

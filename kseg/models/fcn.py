@@ -5,6 +5,8 @@ Semantic Segmentation", arXiv:1411.4038).
     model(numpy.zeros((1, 250, 333, 3))).shape  # (1, 250, 333, 21)
 """
 
+from collections.abc import Sequence
+
 import keras
 from keras import layers
 
@@ -16,16 +18,16 @@ _TINY = {"backbone": "vgg16_bn", "backbone_kwargs": {"width": 0.125}, "fc_filter
 
 
 def fcn(
-    num_classes,
-    input_shape=(None, None, 3),
-    skips=(16, 8),
-    backbone="vgg16",
-    backbone_weights=None,
-    backbone_kwargs=None,
-    fc_filters=4096,
-    dropout=0.5,
-    name="fcn",
-):
+    num_classes: int,
+    input_shape: tuple = (None, None, 3),
+    skips: Sequence[int] = (16, 8),
+    backbone: str = "vgg16",
+    backbone_weights: str | None = None,
+    backbone_kwargs: dict | None = None,
+    fc_filters: int = 4096,
+    dropout: float = 0.5,
+    name: str = "fcn",
+) -> keras.Model:
     """Builds an FCN: VGG16 with fc6/fc7 as convolutions, a class score at stride 32, and learned 2x
     upsamplings that fuse scores of pool4 (stride 16) and pool3 (stride 8) before the final upsampling.
 
@@ -75,18 +77,18 @@ _PAPER = "Long et al. 2015, arXiv:1411.4038"
 
 
 @register("fcn32s", paper=_PAPER, tiny=_TINY)
-def fcn32s(num_classes, input_shape=(None, None, 3), **kwargs):
+def fcn32s(num_classes: int, input_shape: tuple = (None, None, 3), **kwargs) -> keras.Model:
     """FCN-32s: the stride-32 scores upsampled 32x in one step. Arguments as `fcn`, less `skips`."""
     return fcn(num_classes, input_shape, skips=(), **{"name": "fcn32s", **kwargs})
 
 
 @register("fcn16s", paper=_PAPER, tiny=_TINY)
-def fcn16s(num_classes, input_shape=(None, None, 3), **kwargs):
+def fcn16s(num_classes: int, input_shape: tuple = (None, None, 3), **kwargs) -> keras.Model:
     """FCN-16s: stride-32 scores fused with pool4's, then upsampled 16x. Arguments as `fcn`, less `skips`."""
     return fcn(num_classes, input_shape, skips=(16,), **{"name": "fcn16s", **kwargs})
 
 
 @register("fcn8s", paper=_PAPER, tiny=_TINY)
-def fcn8s(num_classes, input_shape=(None, None, 3), **kwargs):
+def fcn8s(num_classes: int, input_shape: tuple = (None, None, 3), **kwargs) -> keras.Model:
     """FCN-8s: scores fused with pool4's and pool3's, then upsampled 8x. Arguments as `fcn`, less `skips`."""
     return fcn(num_classes, input_shape, skips=(16, 8), **{"name": "fcn8s", **kwargs})

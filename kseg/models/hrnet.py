@@ -53,14 +53,14 @@ UPSAMPLING = ("bilinear", "nearest")
     tiny={"variant": "w18_small_v1", "width": 8, "stem_filters": 16},
 )
 def hrnet(
-    num_classes,
-    input_shape=(None, None, 3),
-    variant="w48",
-    width=None,
-    stem_filters=64,
-    upsampling="bilinear",
-    name="hrnet",
-):
+    num_classes: int,
+    input_shape: tuple = (None, None, 3),
+    variant: str = "w48",
+    width: int | None = None,
+    stem_filters: int = 64,
+    upsampling: str = "bilinear",
+    name: str = "hrnet",
+) -> keras.Model:
     """Builds HRNetV2 for semantic segmentation: four parallel resolution branches and a concatenating head.
 
     Args:

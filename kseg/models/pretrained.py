@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Sequence
 
 import keras
 
@@ -39,7 +40,8 @@ def input_conventions(trained_size=None) -> dict:
 
 
 def save_pretrained(model: "keras.Model | str", directory: str, *, architecture: str | None = None,
-                    builder_args: dict | None = None, class_names=None, trained_size=None,
+                    builder_args: dict | None = None, class_names: Sequence[str] | None = None,
+                    trained_size: tuple[int, int] | None = None,
                     provenance: dict | None = None, overwrite: bool = False) -> str:
     """Writes a model folder at `directory` and returns its path.
 
@@ -61,8 +63,8 @@ def save_pretrained(model: "keras.Model | str", directory: str, *, architecture:
                                     builder_args=kseg.models.architecture("lraspp").tiny)
     """
     source = model if isinstance(model, str) else None
-    if source is not None:
-        model = load_keras_file(source)
+    if isinstance(model, str):
+        model = load_keras_file(model)
     known = prov.of_checkpoint(source, model) if source else {}
     architecture = architecture or known.get("architecture") or None
     if builder_args is None:

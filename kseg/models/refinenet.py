@@ -5,6 +5,8 @@ High-Resolution Semantic Segmentation", arXiv:1611.06612), the 4-cascaded varian
     model(numpy.zeros((1, 250, 333, 3))).shape  # (1, 250, 333, 21)
 """
 
+from collections.abc import Sequence
+
 import keras
 from keras import layers
 
@@ -18,16 +20,16 @@ from kseg.models.registry import register
     tiny={"backbone": "mobilenetv2", "backbone_kwargs": {"alpha": 0.35}, "filters": (32, 16, 16, 16)},
 )
 def refinenet(
-    num_classes,
-    input_shape=(None, None, 3),
-    backbone="resnet101",
-    backbone_weights=None,
-    backbone_kwargs=None,
-    filters=(512, 256, 256, 256),
-    pooling_stages=2,
-    dropout=0.5,
-    name="refinenet",
-):
+    num_classes: int,
+    input_shape: tuple = (None, None, 3),
+    backbone: str = "resnet101",
+    backbone_weights: str | None = None,
+    backbone_kwargs: dict | None = None,
+    filters: Sequence[int] = (512, 256, 256, 256),
+    pooling_stages: int = 2,
+    dropout: float = 0.5,
+    name: str = "refinenet",
+) -> keras.Model:
     """Builds a 4-cascaded RefineNet: backbone features at strides 32, 16, 8 and 4 enter RefineNet-4
     to RefineNet-1 in turn; each block refines its inputs with residual conv units, fuses the
     resolutions by summation, gathers context with chained residual pooling, and ends in an RCU.

@@ -3,6 +3,8 @@
 import dataclasses
 from collections.abc import Callable
 
+import keras
+
 from kseg.errors import ArgumentError, KsegError
 
 
@@ -15,10 +17,10 @@ class Architecture:
     small: dict  # keyword arguments for small datasets (hundreds of images): narrower, generalises better
 
 
-_ARCHITECTURES = {}
+_ARCHITECTURES: dict[str, Architecture] = {}
 
 
-def register(name, paper, tiny=None, small=None):
+def register(name: str, paper: str, tiny: dict | None = None, small: dict | None = None) -> Callable:
     """Decorator: `@register("unet", paper="...", tiny={...})` over a builder `f(num_classes, input_shape, ...)`.
 
     `tiny`: the narrowest useful variant (tests); `small`: the width `kseg train` picks for small datasets
@@ -33,19 +35,20 @@ def register(name, paper, tiny=None, small=None):
     return decorator
 
 
-def names():
+def names() -> list[str]:
     """Names of every registered architecture, sorted."""
     return sorted(_ARCHITECTURES)
 
 
-def architecture(name):
+def architecture(name: str) -> Architecture:
     try:
         return _ARCHITECTURES[name]
     except KeyError:
         raise KsegError(f"unknown model {name!r}; available: {', '.join(names())}") from None
 
 
-def get(name, num_classes, input_shape=(None, None, 3), tiny=False, **kwargs):
+def get(name: str, num_classes: int, input_shape: tuple = (None, None, 3), tiny: bool = False,
+        **kwargs) -> keras.Model:
     """Builds the architecture `name`: `kseg.models.get("unet", num_classes=3, input_shape=(64, 64, 3))`.
 
     `tiny=True` starts from the architecture's narrow test configuration; `kwargs` override it.

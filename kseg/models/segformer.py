@@ -45,6 +45,7 @@ int8 converter calibrates the ranges as in post-training int8.
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import layers, ops
@@ -54,7 +55,7 @@ from kseg.models.registry import register
 
 # MiT encoders (Xie et al. 2021, table 6 / appendix): per stage widths, blocks, heads and reduction ratios;
 # the decoder width of the paper's ADE20K models.
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "b0": {"widths": (32, 64, 160, 256), "depths": (2, 2, 2, 2), "heads": (1, 2, 5, 8), "decoder_width": 256},
     "b1": {"widths": (64, 128, 320, 512), "depths": (2, 2, 2, 2), "heads": (1, 2, 5, 8), "decoder_width": 256},
     "b2": {"widths": (64, 128, 320, 512), "depths": (3, 4, 6, 3), "heads": (1, 2, 5, 8), "decoder_width": 768},

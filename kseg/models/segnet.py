@@ -14,7 +14,8 @@ from kseg.models.registry import register
 
 
 @register("segnet", paper="Badrinarayanan et al. 2017, arXiv:1511.00561", tiny={"width": 0.125})
-def segnet(num_classes, input_shape=(None, None, 3), width=1.0, name="segnet"):
+def segnet(num_classes: int, input_shape: tuple = (None, None, 3), width: float = 1.0,
+           name: str = "segnet") -> keras.Model:
     """Builds SegNet: a VGG16-BN encoder whose five 2x2 max pools hand their pooling indices to a
     mirrored decoder, which unpools with them (sparse maps at the maxima) and densifies with convolutions.
 

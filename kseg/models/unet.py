@@ -16,18 +16,18 @@ UPSAMPLING = ("bilinear", "nearest", "transpose")
 @register("unet", paper="Ronneberger et al. 2015, arXiv:1505.04597", tiny={"filters": 8, "depth": 3},
           small={"filters": 16, "depth": 3})
 def unet(
-    num_classes,
-    input_shape=(None, None, 3),
-    filters=64,
-    depth=4,
-    norm="batch",
-    upsampling="bilinear",
-    dropout=0.0,
-    backbone=None,
-    backbone_weights=None,
-    backbone_kwargs=None,
-    name="unet",
-):
+    num_classes: int,
+    input_shape: tuple = (None, None, 3),
+    filters: int = 64,
+    depth: int = 4,
+    norm: str = "batch",
+    upsampling: str = "bilinear",
+    dropout: float = 0.0,
+    backbone: str | None = None,
+    backbone_weights: str | None = None,
+    backbone_kwargs: dict | None = None,
+    name: str = "unet",
+) -> keras.Model:
     """Builds a U-Net: `depth` down-sampling levels, a bottleneck, and a mirrored decoder with skips.
 
     Args:

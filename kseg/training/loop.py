@@ -21,19 +21,22 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
 import kseg
 from kseg import files, provenance
+from kseg.data import Split
 from kseg.errors import KsegError
 from kseg.training import distribute, recipe, schedule
 from kseg.training.config import AUGMENTATIONS, TrainConfig, TrainResult
 from kseg.training.run_folder import RunFolder, is_disk_full
 
 
-def train(config: TrainConfig, callbacks=(), started: float | None = None) -> TrainResult:
+def train(config: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
+          started: float | None = None) -> TrainResult:
     """Trains `config.model` on `config.data`; returns a TrainResult. Resumes if `out_dir` holds a run.
 
     `started`: the `time.monotonic()` the time budget counts from (the command line passes its process's
@@ -189,7 +192,7 @@ def build_and_compile(config: TrainConfig, num_classes: int) -> keras.Model:
     return model
 
 
-def resolve(config: TrainConfig, train_split, workers: int = 1) -> tuple[TrainConfig, dict]:
+def resolve(config: TrainConfig, train_split: Split, workers: int = 1) -> tuple[TrainConfig, dict]:
     """(config with every unset field chosen, {field: Choice}): the settings a run will use.
 
     `workers`: machines sharing each step (multi-worker), each taking `batch_size` images of it.
@@ -201,6 +204,7 @@ def resolve(config: TrainConfig, train_split, workers: int = 1) -> tuple[TrainCo
     choices = recipe.choose(config, train_split)
     resolved = dataclasses.replace(config, **{name: choice.value for name, choice in choices.items()})
     resolved.check()
+    assert resolved.batch_size is not None and resolved.crop_size is not None  # recipe.choose fills every default
     if resolved.steps is None and resolved.epochs is not None:
         per_epoch = resolved.steps_per_epoch or max(len(train_split) // (resolved.batch_size * workers), 1)
         resolved.steps = math.ceil(resolved.epochs * per_epoch)
@@ -219,7 +223,7 @@ def describe(config: TrainConfig, choices: dict, num_classes: int, train_split, 
         ("data", f"{train_split.description}: {len(train_split)} training, {len(val_split)} validation images, "
                  f"{num_classes} classes"),
         ("model", f"{config.model}({kwargs})" if kwargs else config.model, "model", "model_kwargs"),
-        ("crop", "x".join(map(str, config.crop_size)), "crop_size"),
+        ("crop", "x".join(map(str, config.crop_size or ())), "crop_size"),
         ("batch", f"{config.batch_size} per worker x {cluster.workers} workers" if cluster else str(config.batch_size),
          "batch_size"),
         ("length", " or ".join(length) + " (whichever comes first)" * (len(length) > 1), "steps"),

@@ -132,8 +132,8 @@ def measure(model, train_batches, val_batches, *, val_count: int, batch_size: in
 def steps_per_round(step_seconds: float, overhead_seconds: float, steps_left: int | None,
                     seconds_left: float | None) -> int:
     """Steps per round: about VALIDATIONS rounds, each validation at most OVERHEAD_SHARE of its round."""
-    expected = [s for s in (steps_left, seconds_left and seconds_left / step_seconds) if s]
-    expected = max(1, int(min(expected)))
+    bounds = [s for s in (steps_left, seconds_left and seconds_left / step_seconds) if s]
+    expected = max(1, int(min(bounds)))
     by_count = expected / VALIDATIONS
     by_cost = overhead_seconds / (OVERHEAD_SHARE * step_seconds)
     return max(1, min(expected, math.ceil(max(by_count, by_cost))))

@@ -12,6 +12,8 @@ tfmot cannot quantize gets a QuantizeConfig with `register_quantize_config`.
 """
 
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -24,8 +26,8 @@ from kseg.errors import KsegError, first_line
 # ------------------------------------------------------------------------------------------------
 # Extension points
 
-_TWINS = {}  # Keras 3 class name -> build(layer, args, kwargs) -> (tf_keras layer, args, kwargs)
-_QUANTIZE_CONFIGS = {}  # tf_keras class name -> factory of a tfmot QuantizeConfig
+_TWINS: dict[str, Callable] = {}  # Keras 3 class name -> build(layer, args, kwargs) -> (tf_keras layer, args, kwargs)
+_QUANTIZE_CONFIGS: dict[str, Callable] = {}  # tf_keras class name -> factory of a tfmot QuantizeConfig
 _CUSTOM_OBJECTS = {}  # tf_keras classes and QuantizeConfigs that tfmot's model clones deserialise
 
 

@@ -1,6 +1,8 @@
 """What every backbone family shares: the pixel normalisation of its ImageNet weights, the atrous schedule that
 turns strides past the output stride into dilation, batch norm as the `keras.applications` twins make it."""
 
+from typing import Any
+
 import keras
 from keras import layers, ops
 
@@ -8,9 +10,9 @@ from kseg.errors import ArgumentError
 from kseg.models.blocks import BN_MOMENTUM, BatchNormalization
 
 # Pixel normalisation of the ImageNet weights, per RGB channel in [0, 255] units: (x - mean) / std.
-TF_STYLE = {"mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5)}  # to [-1, 1]
-CAFFE_STYLE = {"mean": (123.68, 116.779, 103.939), "std": (1.0, 1.0, 1.0), "bgr": True}
-TORCH_STYLE = {"mean": (123.675, 116.28, 103.53), "std": (58.395, 57.12, 57.375)}
+TF_STYLE: dict[str, Any] = {"mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5)}  # to [-1, 1]
+CAFFE_STYLE: dict[str, Any] = {"mean": (123.68, 116.779, 103.939), "std": (1.0, 1.0, 1.0), "bgr": True}
+TORCH_STYLE: dict[str, Any] = {"mean": (123.675, 116.28, 103.53), "std": (58.395, 57.12, 57.375)}
 
 class AtrousSchedule:
     """Tracks the current stride; once the output stride is reached, further strides become dilation.

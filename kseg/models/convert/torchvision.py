@@ -111,7 +111,7 @@ def lraspp_mobilenet_v3_large(tensors: dict, input_shape: tuple = (None, None, 3
         raise KsegError(f"{source}: missing {key} (not an lraspp_mobilenet_v3_large state dict)")
     num_classes = int(tensors[key].shape[0])
     head = int(tensors["classifier.cbr.0.weight"].shape[0]) if "classifier.cbr.0.weight" in tensors else 128
-    args = {"backbone": "mobilenetv3_large", "head_filters": head, "torchvision_compatible": True}
+    args: dict = {"backbone": "mobilenetv3_large", "head_filters": head, "torchvision_compatible": True}
     model = registry.get("lraspp", num_classes, input_shape=input_shape, **args)
     load_into(model, tensors, lraspp_names(model), {"backbone": 1e-3, "classifier": 1e-5}, source)
     return model, args
