@@ -233,7 +233,7 @@ def restore(simulated, target) -> None:
     """Copies the weights of `simulated`'s folded layers back into the layers of the same name in `target`
     (the plain model `simulate` was built from: its kernels and biases; batch norm stays as it was)."""
     for layer in simulated.layers:
-        if isinstance(layer, tuple(FOLDED.values())):
+        if type(layer) in FOLDED.values():  # exactly the folded classes (no subclasses exist)
             plain = target.get_layer(layer.name)
             plain.set_weights(layer.get_weights()[:len(plain.weights)])
 
