@@ -30,10 +30,11 @@ class FolderCheckCache:
 
     VERSION = 1
 
-    def __init__(self, root, colors=None):
+    def __init__(self, root, colors=None, variant=None):
         self._prefix = os.path.join(root, "")  # pairs are paths below `root` as given
         root = os.path.abspath(root)
-        key = json.dumps([root, sorted((list(color), label) for color, label in (colors or {}).items())])
+        key = [root, sorted((list(color), label) for color, label in (colors or {}).items())]
+        key = json.dumps(key + [variant] if variant is not None else key)  # variant: an annotation format's reading
         self.path = os.path.join(cache_dir(), "folder-checks", hashlib.sha1(key.encode()).hexdigest() + ".json")
         stored = files.read_json(self.path)
         valid = isinstance(stored, dict) and stored.get("version") == self.VERSION and stored.get("root") == root

@@ -40,8 +40,9 @@ def is_packed(path):
     return os.path.isfile(os.path.join(path, INDEX))
 
 
-def pack(root, out, shards=8, num_classes=None, colors=None, log=print):
-    """Writes the folder dataset at `root` as sharded TFRecords in `out`; returns the index dict.
+def pack(root, out, shards=8, num_classes=None, colors=None, log=print, format=None):
+    """Writes the folder dataset (or annotated dataset, `kseg.data.formats`: detected or named by `format`) at
+    `root` as sharded TFRecords in `out`; returns the index dict.
 
     `shards`: files for the training split (other splits get a share in proportion to their size, at
     least one). Every split is checked first (`kseg.data.check`): any problem raises a DataError.
@@ -52,16 +53,19 @@ def pack(root, out, shards=8, num_classes=None, colors=None, log=print):
         raise DataError(f"shards must be a positive integer, got {shards!r}")
     if os.path.abspath(out) == os.path.abspath(root):
         raise DataError(f"{out}: write the shards to another folder than the data")
-    splits = _checked_splits(root, num_classes, colors)
+    splits = _checked_splits(root, num_classes, colors, format)
+    base = root if os.path.isdir(root) else os.path.dirname(os.path.abspath(root))  # an annotation file's folder
     num_classes = max(report.num_classes for report, _ in splits.values())
     train_count = len(splits.get("train", next(iter(splits.values())))[1])
     plan = {"format": FORMAT, "version": VERSION, "root": os.path.abspath(root), "splits": {}}
+    orders = {}
     for name, (_, pairs) in splits.items():
         order = sorted(pairs)
         random.Random(0).shuffle(order)
         count = shards if name == "train" else max(1, round(shards * len(order) / max(train_count, 1)))
         count = min(count, len(order))
-        plan["splits"][name] = [[os.path.relpath(p, root) for p in pair] for pair in order], count
+        plan["splits"][name] = [[os.path.relpath(p, base) for p in pair] for pair in order], count
+        orders[name] = order, count
     stats = [os.stat(path) for _, pairs in splits.values() for pair in pairs for path in pair]
     stamps = [[stat.st_size, stat.st_mtime_ns] for stat in stats]  # a changed file is a new plan
     fingerprint = hashlib.sha1(json.dumps([plan, stamps], sort_keys=True).encode()).hexdigest()
@@ -77,8 +81,7 @@ def pack(root, out, shards=8, num_classes=None, colors=None, log=print):
 
     index = {"format": FORMAT, "version": VERSION, "num_classes": num_classes, "splits": {}}
     for name, (report, _) in splits.items():
-        order, count = plan["splits"][name]
-        order = [tuple(os.path.join(root, p) for p in pair) for pair in order]
+        order, count = orders[name]
         names = []
         for shard in range(count):
             path = os.path.join(out, f"{name}-{shard:05d}-of-{count:05d}.tfrecord")
@@ -86,8 +89,8 @@ def pack(root, out, shards=8, num_classes=None, colors=None, log=print):
             if os.path.exists(path):
                 continue  # written by an interrupted pack of the same plan
             with tf.io.TFRecordWriter(path + ".tmp") as writer:
-                for image_path, mask_path in order[shard::count]:
-                    writer.write(_example(image_path, mask_path, colors, report.binary_255))
+                for pair in order[shard::count]:
+                    writer.write(_example(report, pair))
             os.replace(path + ".tmp", path)
             log(f"  {name}: shard {shard + 1}/{count}")
         index["splits"][name] = {
@@ -140,8 +143,26 @@ def from_shards(root, split="train", num_classes=None):
                  next(iter(sizes)) if len(sizes) == 1 else None, DataStats(sizes, pixels, entry["grey"]))
 
 
-def _checked_splits(root, num_classes, colors):
-    """{split: (DataReport, pairs)}: every split subfolder, or one folder split as `load` splits it."""
+def _checked_splits(root, num_classes, colors, format=None):
+    """{split: (DataReport, pairs)}: every split subfolder (or split of an annotated dataset), or one folder
+    split as `load` splits it."""
+    from kseg.data import formats
+
+    if format != "folder" and (format or formats.detect(root) or os.path.isfile(root)):
+        module, found, reports = formats.resolve(root, format), {}, {}
+        for name in ("train", "val", "test"):
+            if name == "test" and name not in module.splits(root):
+                continue
+            _, read_split, subset = formats.plan(root, name, module.NAME)
+            if read_split not in reports:
+                reports[read_split] = formats.check(root, read_split, module.NAME, num_classes)
+                reports[read_split].raise_first()
+            report = reports[read_split]
+            held = folder.holdout(report.pairs) if subset else set()
+            pairs = [p for i, p in enumerate(report.pairs) if (i in held) == (subset == "val")]
+            if pairs:
+                found[name] = report, pairs
+        return found
     subfolders = sorted(name for name in os.listdir(root) if _has_layout(os.path.join(root, name))) \
         if os.path.isdir(root) else []
     if subfolders:
@@ -167,12 +188,12 @@ def _has_layout(path):
         return False
 
 
-def _example(image_path, mask_path, colors, binary_255):
+def _example(report, pair):
     import tensorflow as tf
 
-    with open(image_path, "rb") as f:
-        image = f.read()
-    mask = folder.read_mask(mask_path, colors, binary_255)
+    image_path = pair[0]
+    image = report.image_bytes(pair)
+    mask = report.read_mask(pair)
     buffer = io.BytesIO()
     Image.fromarray(mask, mode="L").save(buffer, format="PNG")
     feature = {
