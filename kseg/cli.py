@@ -9,7 +9,7 @@ import time
 from kseg import commands, settings
 from kseg.deploy import modes
 from kseg.errors import KsegError, first_line
-from kseg.training.config import TrainConfig
+from kseg.training.config import FORMAT_HELP, TrainConfig
 
 STARTED = time.monotonic()  # what `kseg train --time-budget` counts from: before any framework is imported
 
@@ -105,17 +105,21 @@ def parser():
 
     c = subcommands.add_parser("data", help="check a dataset folder, pack it as shards, or write the synthetic one")
     data = c.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    d = data.add_parser("check", help="counts, sizes, class histogram and every problem of a folder")
-    d.add_argument("dir")
+    d = data.add_parser("check", help="counts, sizes, class histogram and every problem of a folder or annotated "
+                                      "dataset (COCO, Cityscapes, ADE20K, VOC + SBD, labelme, CVAT, Label Studio)")
+    d.add_argument("dir", help="a folder, or an annotation file (COCO or Label Studio JSON, CVAT XML)")
     d.add_argument("--num-classes", type=int)
     d.add_argument("--colors", help="JSON colour table for RGB masks")
+    d.add_argument("--format", help=FORMAT_HELP.replace("--data (and --val-data)", "DIR"))
     d.set_defaults(func=commands.cmd_data_check)
-    d = data.add_parser("pack", help="write a folder dataset as sharded TFRecord files (large data, many workers)")
+    d = data.add_parser("pack", help="write a folder or annotated dataset as sharded TFRecord files (large data, "
+                                     "many workers)")
     d.add_argument("dir")
     d.add_argument("--out", required=True, help="folder for the shards and their index.json")
     d.add_argument("--shards", type=int, default=8, help="files for the training split (default 8)")
     d.add_argument("--num-classes", type=int)
     d.add_argument("--colors", help="JSON colour table for RGB masks")
+    d.add_argument("--format", help=FORMAT_HELP.replace("--data (and --val-data)", "DIR"))
     d.set_defaults(func=commands.cmd_data_pack)
     d = data.add_parser("synth", help="write the synthetic dataset as PNG folders")
     d.add_argument("out")

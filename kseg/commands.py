@@ -216,8 +216,13 @@ def cmd_data_check(args):
     from kseg.data import check
 
     colors = _colors(args.colors)
-    report = check(args.dir, num_classes=args.num_classes, colors=colors)
-    print(f"{args.dir}: {len(report.pairs)} image/mask pairs, {report.num_classes} classes")
+    report = check(args.dir, num_classes=args.num_classes, colors=colors, format=args.format)
+    kind = "" if report.format == "folder" else f" ({report.format})"
+    print(f"{args.dir}{kind}: {len(report.pairs)} image/mask pairs, {report.num_classes} classes")
+    if report.class_names:
+        shown = ", ".join(f"{i} {name}" for i, name in enumerate(report.class_names[:30]))
+        more = f", ... {len(report.class_names) - 30} more" if len(report.class_names) > 30 else ""
+        print(f"  classes: {shown}{more}")
     for (height, width), count in report.sizes.most_common(5):
         print(f"  size {width}x{height}: {count} images")
     if len(report.sizes) > 5:
@@ -264,7 +269,8 @@ def cmd_data_synth(args):
 def cmd_data_pack(args):
     from kseg.data import shards
 
-    index = shards.pack(args.dir, args.out, args.shards, num_classes=args.num_classes, colors=_colors(args.colors))
+    index = shards.pack(args.dir, args.out, args.shards, num_classes=args.num_classes, colors=_colors(args.colors),
+                        format=args.format)
     counts = ", ".join(f"{name} {entry['count']} pairs in {len(entry['files'])} shards"
                        for name, entry in index["splits"].items())
     print(f"wrote {args.out}: {counts}, {index['num_classes']} classes (train with: kseg train --data {args.out})")

@@ -29,6 +29,9 @@ CROP = 256  # crop side, where an image does not fit whole
 PIXELS_PER_BATCH = 4 * 128 * 128  # short runs on CPUs learn most from many small steps
 BATCH_RANGE = (4, 16)
 LEARNING_RATE = 1e-3
+FORMAT_HELP = ("annotation format of --data (and --val-data): coco, cityscapes, ade20k, voc-sbd, labelme, cvat, "
+               "labelstudio, or folder for a plain images/ + masks/ folder (default: detected from the layout; "
+               "kseg.data.formats.FORMATS is the registry)")
 # Augmentation presets: keyword arguments of `kseg.data.pipeline` for training batches.
 AUGMENTATIONS = {
     "natural": dict(scale_range=(0.5, 2.0), flip=True, vertical_flip=False, rotate90=False, jitter="color"),
@@ -47,7 +50,8 @@ class TrainConfig:
     init: str | None = setting(None, "start from these weights: a model folder (kseg.models.save_pretrained), a "
                                      ".keras checkpoint or hf://org/name[@revision]; the architecture is theirs, the "
                                      "class count the data's", metavar="HANDLE")
-    data: str = setting("synthetic", "folder, packed shards, 'synthetic' or 'tfds:NAME'")
+    data: str = setting("synthetic", "folder, annotation file, packed shards, 'synthetic' or 'tfds:NAME'")
+    data_format: str | None = setting(None, FORMAT_HELP, flag="--format", metavar="FORMAT")
     data_options: dict = setting({}, kind="internal")  # e.g. {"num_images": 64} for synthetic
     val_data: str | None = setting(None, "validation data (default: the val split of --data, or a fifth of it)")
     num_classes: int | None = setting(None, "classes (default: from the data)", kind=int)
@@ -125,6 +129,12 @@ class TrainConfig:
             raise KsegError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
         if not (isinstance(self.poly_power, (int, float)) and self.poly_power >= 0):
             raise KsegError(f"poly_power must be 0 or more, got {self.poly_power!r}")
+        if self.data_format is not None:
+            from kseg.data import formats
+
+            if self.data_format not in (*formats.names(), "folder"):
+                raise KsegError(f"unknown data_format {self.data_format!r}; available: "
+                                f"{', '.join(formats.names())}, folder")
         for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
                                      ("distribute", self.distribute, (None, *DISTRIBUTIONS)),
                                      ("mixed_precision", self.mixed_precision, (None, *PRECISIONS)),

@@ -76,9 +76,10 @@ def _run(config, callbacks, started, folder, cluster):
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(config.mixed_precision)
 
-    train_split = kseg.data.load(config.data, "train", num_classes=config.num_classes, **config.data_options)
+    train_split = kseg.data.load(config.data, "train", num_classes=config.num_classes, format=config.data_format,
+                                 **config.data_options)
     val_split = kseg.data.load(config.val_data or config.data, "val", num_classes=config.num_classes,
-                               **config.data_options)
+                               format=config.data_format, **config.data_options)
     num_classes = config.num_classes or train_split.num_classes
     state = folder.resume_state()
     if cluster:
