@@ -226,11 +226,12 @@ def write_cvat_xml(root):
 
 
 def write_labelstudio(root):
-    """Task 1: a polygon (cat) and a later rectangle (dog), in percent; task 2: a brush (dog) in Label Studio's RLE."""
+    """Task 1: a polygon (cat) and a later rectangle (dog), in percent; task 2: a brush (dog) in Label Studio's RLE;
+    task 3: no regions (its size from the image)."""
     from label_studio_converter.brush import encode_rle
 
     expected, tasks = {}, []
-    for i in range(2):
+    for i in range(3):
         save(root / "images" / f"photo{i}.png", picture(i))  # uploaded as 1a2b3c4d-photo{i}.png
         common = {"original_width": W, "original_height": H, "image_rotation": 0, "from_name": "label",
                   "to_name": "image"}
@@ -243,13 +244,15 @@ def write_labelstudio(root):
                         "value": {"x": 100 * 24 / W, "y": 100 * 8 / H, "width": 100 * 20 / W, "height": 50,
                                   "rotation": 0, "rectanglelabels": ["dog"]}}]
             box(want, 4, 6, 28, 30, 1), box(want, 8, 24, 24, 44, 2)
-        else:
+        elif i == 1:
             region = box(np.zeros((H, W), np.uint8), 5, 5, 25, 15, 1)
             rgba = np.zeros((H, W, 4), np.uint8)
             rgba[region > 0] = 255
             results = [{**common, "id": "b1", "type": "brushlabels",
                         "value": {"format": "rle", "rle": encode_rle(rgba.ravel()), "brushlabels": ["dog"]}}]
             want = box(want, 5, 5, 25, 15, 2)
+        else:
+            results = []
         tasks.append({"id": i + 1, "data": {"image": f"/data/upload/1/1a2b3c4d-photo{i}.png"},
                       "annotations": [{"id": 10 + i, "was_cancelled": False, "result": results}]})
         expected[i] = want

@@ -82,8 +82,10 @@ class DataReport:
         return buffer.getvalue()
 
 
-def check_pairs(root, pairs, read_label, *, image_size_of=None, read_image=None, num_classes=None, problems=None,
-                skipped=None, cache=None, workers=4, detect_binary=False, class_names=None, format="folder"):
+def check_pairs(root: str, pairs: list, read_label: Callable, *, image_size_of: Callable | None = None,
+                read_image: Callable | None = None, num_classes: int | None = None, problems: list | None = None,
+                skipped: list | None = None, cache=None, workers: int = 4, detect_binary: bool = False,
+                class_names: list | None = None, format: str = "folder") -> DataReport:
     """A DataReport of `pairs` after decoding every image and mask (pairs the cache knows are not decoded).
 
     `read_label(pair)` gives a pair's labels; `image_size_of(pair)` its image's ((height, width), grey) (default:
@@ -157,7 +159,7 @@ def check_pairs(root, pairs, read_label, *, image_size_of=None, read_image=None,
                       read_label, read_image, list(class_names) if class_names else None, format)
 
 
-def holdout(pairs, share=HOLDOUT):
+def holdout(pairs: list, share: float = HOLDOUT) -> set:
     """Indices of the pairs that validate when a set has no val split: `share` of them (at least one, never
     all), ranked by a hash of the file name, so the choice does not depend on listing order."""
     if len(pairs) < 2:
@@ -167,12 +169,12 @@ def holdout(pairs, share=HOLDOUT):
     return set(rank[:wanted])
 
 
-def note(message):
+def note(message: str) -> None:
     """A one-line note on stderr: something kseg decided for the user that they should know about."""
     print(f"kseg: note: {message}", file=sys.stderr, flush=True)
 
 
-def default_names(num_classes):
+def default_names(num_classes: int) -> list:
     if num_classes == 2:
         return ["background", "foreground"]
     return [f"class_{i}" for i in range(num_classes)]

@@ -13,6 +13,8 @@ for every source (`kseg.data.pairs`): each image and mask is decoded once and ch
 what it found), any problem is one line naming the file and the annotation, and the pairs become a `Split`.
 """
 
+import types
+
 from kseg.data.formats import ade20k, cityscapes, coco, cvat, labelme, labelstudio, voc_sbd
 from kseg.data.formats.common import Listing
 from kseg.data.pairs import DataReport
@@ -44,7 +46,7 @@ def detect(path: str) -> str | None:
     return None
 
 
-def resolve(path: str, format: str | None = None):
+def resolve(path: str, format: str | None = None) -> types.ModuleType:
     """The format module named, or detected at `path`; a DataError when neither."""
     name = format or detect(path)
     if name is None:

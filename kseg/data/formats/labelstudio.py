@@ -105,21 +105,21 @@ def read(path: str, split: str | None = None) -> Listing:
 
     def read_label(pair):
         task = entries[pair]
-        return draw(task, _regions(task), table, pair[1])
+        return draw(task, _regions(task), table, pair[1], pair[0])
 
     return Listing(NAME, folder, sorted(entries), read_label, names, problems)
 
 
-def draw(task: dict, regions: list, table: dict, export: str) -> np.ndarray:
-    """A task's mask: its regions in order, later over earlier."""
+def draw(task: dict, regions: list, table: dict, export: str, image: str) -> np.ndarray:
+    """A task's mask: its regions in order, later over earlier (at the regions' `original_height` and
+    `original_width`, else the size of the image file)."""
     from kseg.data.formats.common import image_size
 
     sizes = {(r.get("original_height"), r.get("original_width")) for r in regions}
     if len(sizes) == 1 and all(isinstance(v, int) for v in next(iter(sizes))):
         height, width = next(iter(sizes))
     else:  # no regions, or sizes left out: the image's own
-        image = find_image(image_name(str(task["data"].get("image", ""))), [os.path.dirname(export)])
-        height, width = image_size(image) if image else (0, 0)
+        height, width = image_size(image)
     mask = np.zeros((height, width), np.uint8)
     for number, region in enumerate(regions):
         value, kind = region.get("value") or {}, region["type"]
