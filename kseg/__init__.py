@@ -17,11 +17,14 @@ from kseg.errors import KsegError
 
 __version__ = "0.1.0"
 IGNORE_LABEL = 255  # the mask value of pixels that no loss, metric or score counts
+EXPORTS = {"Segmenter": "kseg.runtime.segmenter"}  # kseg.Segmenter: what most users need first, at the top
 
 
 def __getattr__(name):
-    """Subpackages and modules on first use (`kseg.models`, `kseg.deploy.stage`...): `import kseg` loads no
-    framework."""
+    """Subpackages and modules on first use (`kseg.models`, `kseg.deploy.stage`...) and `kseg.Segmenter`
+    (`kseg.runtime.segmenter`): `import kseg` loads no framework."""
+    if name in EXPORTS:  # by name, like the subpackages: the package root sits below what it exposes
+        return getattr(importlib.import_module(EXPORTS[name]), name)
     return submodule(__name__, name)
 
 
@@ -32,4 +35,4 @@ def submodule(package, name):
     raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
 
-__all__ = ["IGNORE_LABEL", "KsegError", "__version__"]
+__all__ = ["IGNORE_LABEL", "KsegError", "Segmenter", "__version__"]

@@ -45,13 +45,16 @@ def parser():
     c.add_argument("--threads", type=int, default=2, help="LiteRT / onnxruntime threads")
     c.add_argument("--json", help="write scores, per-class lists and the confusion matrix here")
     c.add_argument("--confusion", help="write a confusion-matrix picture (PNG) here")
+    _inference_flags(c)
     c.set_defaults(func=commands.cmd_evaluate)
 
-    c = subcommands.add_parser("predict", help="label PNGs (palette) and colour overlays for images")
-    c.add_argument("model")
-    c.add_argument("images", nargs="+")
-    c.add_argument("--out", required=True)
+    c = subcommands.add_parser("predict", help="label PNGs (palette) and colour overlays for images, folders of "
+                                            "them and videos")
+    c.add_argument("model", help="a .keras, .tflite or .onnx file, a model folder or hf://org/name")
+    c.add_argument("images", nargs="+", help="images, folders of images, or videos (.mp4, .mov, .avi, .mkv...)")
+    c.add_argument("--out", required=True, help="output folder, or a video file (e.g. clip_seg.mp4) for one video")
     c.add_argument("--threads", type=int, default=2)
+    _inference_flags(c)
     c.set_defaults(func=commands.cmd_predict)
 
     c = subcommands.add_parser("export", help="SavedModel, LiteRT (post-training, QAT and pruned modes) and ONNX")
@@ -145,6 +148,14 @@ def parser():
     c = subcommands.add_parser("models", help="list the registered architectures and backbones")
     c.set_defaults(func=commands.cmd_models)
     return p
+
+
+def _inference_flags(c):
+    """How `kseg.Segmenter` runs a picture: --tile, --overlap, --tta (checked by it, in one line)."""
+    c.add_argument("--tile", help="auto, N or HxW: overlapping windows blended (auto: windows of the training crop "
+                                  "or input size when the picture is over 1.5x it)")
+    c.add_argument("--overlap", default="0.25", help="share of a window its neighbours overlap (default 0.25)")
+    c.add_argument("--tta", help="flip, scales=0.75,1,1.25 or flip,scales=...: probabilities averaged over views")
 
 
 QUIET_IMPORTS = ("tensorflow",)  # frameworks whose C++ start-up logs are not the user's business

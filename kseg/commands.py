@@ -9,7 +9,7 @@ import os
 
 from kseg import settings
 from kseg.deploy import modes
-from kseg.errors import KsegError, first_line
+from kseg.errors import KsegError
 
 
 def _model_args(items):
@@ -67,7 +67,8 @@ def cmd_evaluate(args):
     from kseg.runtime import evaluation
 
     split = _split(args)
-    result = evaluation.evaluate(args.model, split, num_threads=args.threads)
+    result = evaluation.evaluate(args.model, split, num_threads=args.threads, tile=args.tile, overlap=args.overlap,
+                                 tta=args.tta)
     print(result.table())
     s = result.scores
     print(f"\nmIoU {100 * s['miou']:.2f}  pixel accuracy {100 * s['pixel_accuracy']:.2f}  "
@@ -81,22 +82,26 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    import numpy as np
     from PIL import Image
 
-    from kseg import runtime, viz
-    from kseg.errors import DataError
+    from kseg import viz
+    from kseg.runtime import images, video
+    from kseg.runtime.segmenter import Segmenter
 
-    runner = runtime.predictor(args.model, args.threads)
-    os.makedirs(args.out, exist_ok=True)
-    for path in args.images:
-        try:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"))
-        except (OSError, ValueError) as error:
-            raise DataError(f"{path}: cannot decode image ({first_line(error)})") from error
-        labels = runner.labels(pixels[None].astype(np.float32))[0]
+    segmenter = Segmenter(args.model, tile=args.tile, overlap=args.overlap, tta=args.tta, threads=args.threads)
+    if video.is_video(args.out) and not (len(args.images) == 1 and video.is_video(args.images[0])):
+        raise KsegError(f"--out {args.out} is a video: give one video to write it from")
+    for path in [p for given in args.images for p in (images.in_folder(given) if os.path.isdir(given) else [given])]:
         stem = os.path.splitext(os.path.basename(path))[0]
+        if video.is_video(path):
+            target = args.out if video.is_video(args.out) else os.path.join(args.out, f"{stem}_seg.mp4")
+            done = video.segment(segmenter, path, target)
+            print(f"{path} -> {target}: {done.frames} frames of {done.size[1]}x{done.size[0]}, "
+                  f"{done.fps:.1f} frames/s")
+            continue
+        pixels = images.read(path)
+        labels = segmenter.predict(pixels)
+        os.makedirs(args.out, exist_ok=True)
         viz.label_image(labels).save(os.path.join(args.out, f"{stem}.png"))
         Image.fromarray(viz.overlay(pixels, labels)).save(os.path.join(args.out, f"{stem}_overlay.jpg"), quality=92)
         print(f"{path} -> {os.path.join(args.out, stem)}.png, {stem}_overlay.jpg")

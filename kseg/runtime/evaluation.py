@@ -14,6 +14,7 @@ import kseg.data
 from kseg import metrics, report
 from kseg.errors import KsegError
 from kseg.runtime.predictors import predictor
+from kseg.runtime.segmenter import Segmenter
 
 
 @dataclasses.dataclass
@@ -35,9 +36,12 @@ class EvaluationResult:
         return {"scores": self.scores, "class_names": self.class_names, "confusion": self.confusion.tolist()}
 
 
-def evaluate(model, split, batch_size=8, num_threads=None, keep=6, progress=True):
-    """Scores `model` (Keras model, `.keras`, `.tflite` or `.onnx` path) on a data split against its full-size masks."""
-    runner = predictor(model, num_threads)
+def evaluate(model, split, batch_size=8, num_threads=None, keep=6, progress=True, tile=None, overlap=0.25, tta=None):
+    """Scores `model` (Keras model, `.keras`, `.tflite` or `.onnx` path, model folder) on a data split against its
+    full-size masks, through a `kseg.Segmenter` (`tile`, `overlap`, `tta`: see it; without them a batch of
+    pictures runs as one call)."""
+    segmenter = Segmenter(model, tile=tile, overlap=overlap, tta=tta, threads=num_threads)
+    runner = segmenter.predictor
     num_classes = split.num_classes
     if runner.num_classes not in (None, 1) and runner.num_classes != num_classes:
         raise KsegError(f"the model predicts {runner.num_classes} classes but the data has {num_classes}")
@@ -48,7 +52,7 @@ def evaluate(model, split, batch_size=8, num_threads=None, keep=6, progress=True
     kept = []
     bar = keras.utils.Progbar(split.length, verbose=int(progress), unit_name="image") if progress else None
     for images, masks in batches.as_numpy_iterator():
-        labels = runner.labels(images)
+        labels = np.stack(segmenter.predict_batch(images))
         confusion += metrics.confusion_matrix(masks, labels, num_classes)
         for image, mask, label in zip(images, masks, labels):
             if len(kept) < keep:
