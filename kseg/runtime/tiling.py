@@ -2,7 +2,7 @@
 accumulator whose memory is bounded by a band of windows, not by the picture.
 
     plan = kseg.runtime.tiling.plan((10_000, 10_000), tile=(512, 512), overlap=0.25)
-    plan.rows, len(plan.windows)              # 512 accumulator rows for 729 windows
+    plan.rows, len(plan.windows)              # 512 accumulator rows for 676 windows
     plan.accumulator_bytes(channels=21)       # what the band costs: rows x width x (channels + 1) x 4 bytes
 
 Windows are visited by their top row; once every window starting at row y has been added, rows above y are

@@ -45,7 +45,7 @@ def parse(spec) -> Augmentation:
     words = [word for word in head.split(",") if word]
     if any(word != "flip" for word in words) or (scales_text == "" and "scales=" in text) or not (words or scales_text):
         raise ArgumentError(f"--tta takes flip, scales=S1,S2,... or flip,scales=S1,S2,...; got {spec!r}")
-    scales = (1.0,)
+    scales: tuple = (1.0,)
     if scales_text:
         try:
             scales = tuple(float(s) for s in scales_text.split(","))
