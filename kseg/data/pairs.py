@@ -65,6 +65,7 @@ class DataReport:
 
     def read_mask(self, pair) -> np.ndarray:
         """The class indices of one of its pairs (255 read as class 1 for binary 0/255 masks)."""
+        assert self.read_label is not None, "a report of pairs reads their labels"
         labels = self.read_label(pair)
         if self.binary_255:
             labels = np.where(labels == IGNORE_LABEL, 1, labels).astype(np.uint8)
@@ -119,7 +120,8 @@ def check_pairs(root: str, pairs: list, read_label: Callable, *, image_size_of: 
             cache.put(pair, size, grey, counts)
         return size, grey, counts, None
 
-    sizes, histogram, per_pair, all_grey = collections.Counter(), np.zeros(256, np.int64), [], bool(pairs)
+    sizes: collections.Counter = collections.Counter()
+    histogram, per_pair, all_grey = np.zeros(256, np.int64), [], bool(pairs)
     unknown = [pair for pair in pairs if pair not in found]
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         found.update(zip(unknown, pool.map(inspect, unknown)))

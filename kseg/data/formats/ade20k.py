@@ -20,7 +20,7 @@ from kseg.errors import DataError
 
 NAME = "ade20k"
 SPLITS = {"train": "training", "val": "validation"}
-CLASS_NAMES = (  # multi-word names joined by "_" here only
+_NAMES = (  # multi-word names joined by "_" here only
     "wall building sky floor tree ceiling road bed windowpane grass cabinet sidewalk person earth door table "
     "mountain plant curtain chair car water painting sofa shelf house sea mirror rug field armchair seat fence "
     "desk rock wardrobe lamp bathtub railing cushion base box column signboard chest_of_drawers counter sand "
@@ -33,7 +33,7 @@ CLASS_NAMES = (  # multi-word names joined by "_" here only
     "animal bicycle lake dishwasher screen blanket sculpture hood sconce vase traffic_light tray ashcan fan pier "
     "crt_screen plate monitor bulletin_board shower radiator glass clock flag"
 )
-CLASS_NAMES = [name.replace("_", " ") for name in CLASS_NAMES.split()]
+CLASS_NAMES = [name.replace("_", " ") for name in _NAMES.split()]
 TABLE = np.concatenate([[255], np.arange(255)]).astype(np.uint8)  # 0 -> ignore, v -> v - 1
 
 

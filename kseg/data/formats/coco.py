@@ -21,6 +21,7 @@ import collections
 import os
 import re
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -75,13 +76,16 @@ def read(path: str, split: str | None = None) -> Listing:
     if chosen is None:
         raise DataError(f"{path}: no {split!r} annotations (it holds {', '.join(map(str, files))})")
     root = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    pairs, problems, entries, categories = [], [], {}, None
+    pairs: list = []
+    problems: list[str] = []
+    entries: dict = {}
+    categories: dict[int, Any] = {}
     for file in chosen:
         content = read_json(file)
         if not is_coco(content):
             raise DataError(f"{file}: not a COCO annotation file (needs images, annotations and categories lists)")
         ids = sorted(int(c["id"]) for c in content["categories"])
-        if categories is not None and ids != sorted(categories):
+        if file is not chosen[0] and ids != sorted(categories):
             raise DataError(f"{file}: its categories differ from those of {chosen[0]}")
         categories = {int(c["id"]): c.get("name", f"category_{c['id']}") for c in content["categories"]}
         found = _images(file, content, root, split, problems)

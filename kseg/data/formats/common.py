@@ -36,7 +36,7 @@ class Listing:
     read_image: Callable[[tuple], np.ndarray] | None = None
 
 
-_LAST_JSON = {}  # (path, size, mtime) -> content: detection and reading parse a large export once
+_LAST_JSON: dict = {}  # (path, size, mtime) -> content: detection and reading parse a large export once
 
 
 def read_json(path: str):

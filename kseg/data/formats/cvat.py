@@ -136,7 +136,7 @@ def _read_xml(xml, path):
 def draw(image: ElementTree.Element, table: dict, xml: str) -> np.ndarray:
     """The mask of one `<image>`: polygons and boxes by z_order, later over earlier."""
     try:
-        height, width = int(image.get("height")), int(image.get("width"))
+        height, width = int(image.get("height", "")), int(image.get("width", ""))
     except (TypeError, ValueError):
         raise DataError(f"{xml}: image {image.get('name')!r} has no integer height and width") from None
     mask = np.zeros((height, width), np.uint8)
@@ -153,7 +153,7 @@ def draw(image: ElementTree.Element, table: dict, xml: str) -> np.ndarray:
             raise DataError(f"{where}: label is not among the XML's labels")
         try:
             if shape.tag == "box":
-                x0, y0, x1, y1 = (float(shape.get(k)) for k in ("xtl", "ytl", "xbr", "ybr"))
+                x0, y0, x1, y1 = (float(shape.get(k, "")) for k in ("xtl", "ytl", "xbr", "ybr"))
                 points = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
             else:
                 points = [[float(v) for v in point.split(",")] for point in shape.get("points", "").split(";")]
