@@ -199,6 +199,8 @@ def test_predict_and_evaluate_take_tiles_and_tta(artifacts, tmp_path, capsys):
     assert main(["predict", artifacts[".tflite"], images, "--out", str(tmp_path / "out"), "--tile", "auto",
                  "--overlap", "0.3", "--tta", "flip"]) == 0
     assert len([f for f in os.listdir(tmp_path / "out") if f.endswith(".png")]) == 1
+    found = list(kseg.Segmenter(artifacts[".keras"]).predict_folder(images, progress=False))
+    assert [os.path.basename(path) for path, _ in found] == ["val_00000.png"] and found[0][1].shape == (48, 48)
     scores = {}
     for flags in ([], ["--tile", "24x24", "--tta", "flip,scales=1,1.25"]):
         report = tmp_path / "scores.json"

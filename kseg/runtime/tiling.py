@@ -12,6 +12,7 @@ would take 8.4 GB; fewer classes or a shorter tile take proportionally less.
 """
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -47,13 +48,16 @@ def parse_overlap(overlap) -> float:
     return value
 
 
+@functools.lru_cache(maxsize=16)
 def weights(height: int, width: int, floor: float = FLOOR) -> np.ndarray:
     """float32 (height, width) blending weights: a separable Hann-like window, 1 at the centre, `floor` (per
-    axis) at the edges."""
+    axis) at the edges. Shared between calls: read it, do not write it."""
     def profile(n):
         return floor + (1 - floor) * np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
 
-    return np.outer(profile(height), profile(width)).astype(np.float32)
+    blend = np.outer(profile(height), profile(width)).astype(np.float32)
+    blend.flags.writeable = False
+    return blend
 
 
 def positions(length: int, window: int, overlap: float) -> list:
