@@ -2,8 +2,12 @@
 
 Randomness is stateless and seeded per example, so a run is reproducible whatever the parallelism.
 Masks are only ever resized with nearest neighbour, padded with the ignore label, and cropped and
-flipped together with their image.
+flipped together with their image. Rare classes can be oversampled: a share of the crops is centred on a
+pixel of one of them (`oversample`, `oversample_classes`), as nnU-Net does for a third of its patches
+(MIC-DKFZ/nnUNet, nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py: oversample_foreground_percent = 0.33).
 """
+
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -33,13 +37,18 @@ def pipeline(
     repeat=False,
     vertical_flip=False,
     rotate90=False,
+    oversample: float = 0.0,
+    oversample_classes: Sequence[int] = (),
 ):
     """Batches of (float32 pixels (N, H, W, 3) in [0, 255], uint8 masks (N, H, W)) from a `Split`.
 
     Training: shuffle, random scale in `scale_range`, pad and random-crop to `size`, horizontal flip
     (`vertical_flip` and `rotate90` for images without an up: square crops only for rotations), and
     `jitter` on the image only: "color" (brightness, contrast, saturation, hue), "brightness"
-    (brightness and contrast) or None; incomplete batches dropped. `kseg.training.config.AUGMENTATIONS` holds presets.
+    (brightness and contrast) or None; incomplete batches dropped. With `oversample_classes`, a share
+    `oversample` of the crops is centred on a pixel of one of those classes present in the image (a class
+    picked uniformly, then a pixel of it; clipped into the image, so the crop holds that pixel); the rest
+    are uniform. `kseg.training.config.AUGMENTATIONS` holds presets.
     Evaluation: resized to `size` when given (masks with nearest neighbour), otherwise batched as is
     (mixed sizes are padded per batch; padded pixels carry the ignore label).
     """
@@ -56,7 +65,8 @@ def pipeline(
         if repeat:  # before the seeds are zipped on: every pass gets new augmentations
             examples, repeat = examples.repeat(), False
         seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-        augment = _augmenter(tuple(size), scale_range, flip, jitter, vertical_flip, rotate90)
+        augment = _augmenter(tuple(size), scale_range, flip, jitter, vertical_flip, rotate90,
+                             oversample, tuple(oversample_classes))
         examples = tf.data.Dataset.zip((examples, seeds)).map(
             lambda example, s: augment(*example, s), num_parallel_calls=tf.data.AUTOTUNE
         )
@@ -84,7 +94,34 @@ def _resize_pair(image, mask, size):
     return image, mask
 
 
-def _augmenter(size, scale_range, flip, jitter, vertical_flip, rotate90):
+def crop_window(mask, size, seed, oversample=0.0, classes=()):
+    """(top, left) of a `size` crop of `mask` (at least that large): with probability `oversample` (and when one
+    of `classes` is in the mask) centred on a pixel of one of `classes` present, else uniform. Graph ops only.
+
+        mask = tf.zeros((100, 100), tf.uint8)
+        crop_window(mask, (32, 32), tf.constant([1, 2]), 1 / 3, (1,))  # [top, left], each in [0, 68]
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    size = tf.constant(size, tf.int32)
+    positions = tf.shape(mask)[:2] - size + 1
+    uniform = tf.cast(tf.random.stateless_uniform([2], seeds[0]) * tf.cast(positions, tf.float32), tf.int32)
+    uniform = tf.minimum(uniform, positions - 1)
+    if not classes or not oversample:
+        return uniform
+    wanted = tf.constant(classes, mask.dtype)
+    present = tf.reduce_any(mask[..., None] == wanted, axis=(0, 1))
+    # A class first, then a pixel of it: a large rare region does not crowd out a small one (nnU-Net does so too).
+    picked = tf.random.stateless_categorical(tf.math.log(tf.cast(present, tf.float32))[None], 1, seeds[1])[0, 0]
+    pixels = tf.where(mask == wanted[tf.minimum(picked, len(classes) - 1)])
+    count = tf.shape(pixels)[0]
+    index = tf.random.stateless_uniform([], seeds[2], 0, tf.maximum(count, 1), tf.int32)
+    centre = tf.cast(tf.gather(tf.concat([pixels, tf.zeros([1, 2], tf.int64)], 0), index), tf.int32)
+    centred = tf.clip_by_value(centre - size // 2, 0, positions - 1)
+    use = tf.logical_and(tf.random.stateless_uniform([], seeds[3]) < oversample, tf.reduce_any(present))
+    return tf.where(use, centred, uniform)
+
+
+def _augmenter(size, scale_range, flip, jitter, vertical_flip, rotate90, oversample=0.0, oversample_classes=()):
     crop_height, crop_width = size
     rotate90 = rotate90 and crop_height == crop_width
 
@@ -103,7 +140,11 @@ def _augmenter(size, scale_range, flip, jitter, vertical_flip, rotate90):
         mask = tf.pad(mask, paddings, constant_values=IGNORE_LABEL)
 
         joint = tf.concat([image, tf.cast(mask, tf.float32)[..., None]], axis=-1)
-        joint = tf.image.stateless_random_crop(joint, [crop_height, crop_width, 4], seeds[1])
+        if oversample and oversample_classes:
+            top, left = tf.unstack(crop_window(mask, size, seeds[1], oversample, oversample_classes))
+            joint = tf.slice(joint, [top, left, 0], [crop_height, crop_width, 4])
+        else:  # the uniform crop as before oversampling existed: same seeds, same crops
+            joint = tf.image.stateless_random_crop(joint, [crop_height, crop_width, 4], seeds[1])
         if flip:
             joint = tf.image.stateless_random_flip_left_right(joint, seeds[2])
         if vertical_flip:

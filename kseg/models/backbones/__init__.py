@@ -12,6 +12,7 @@ Every feature map at stride s is ceil(input / s) pixels on each side, for any in
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable
 
 import keras
@@ -57,6 +58,51 @@ BACKBONES = {
 
 def names():
     return sorted(BACKBONES)
+
+
+# The file names `keras.applications` caches ImageNet weights (include_top=False) under, by backbone and options
+# (keras/src/applications/{mobilenet_v2,mobilenet_v3,resnet,vgg16,xception}.py, Keras 3.15); None: no such file.
+_MOBILENET_V3 = "weights_mobilenet_v3_{}{}_224_{}_float_no_top_v2.h5"
+_IMAGENET_FILES: dict[str, Callable[..., str | None]] = {
+    "mobilenetv2": lambda alpha=1.0: f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5",
+    "mobilenetv3_large": lambda alpha=1.0, minimalistic=False: _MOBILENET_V3.format(
+        "large", "_minimalistic" * bool(minimalistic), float(alpha)),
+    "mobilenetv3_small": lambda alpha=1.0, minimalistic=False: _MOBILENET_V3.format(
+        "small", "_minimalistic" * bool(minimalistic), float(alpha)),
+    "resnet50": lambda: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "resnet101": lambda: "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "vgg16": lambda width=1.0: "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" if width == 1 else None,
+    "xception": lambda: "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+}
+
+
+def keras_models_folder() -> str:
+    """Where Keras caches downloaded weights: `$KERAS_HOME/models`, else `~/.keras/models`. Read at each call
+    (Keras itself reads KERAS_HOME once, at import)."""
+    return os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"), "models")
+
+
+def imagenet_file(name: str, **options) -> str | None:
+    """The path at which Keras caches ImageNet weights for backbone `name` built with `options`, whether the file
+    is there or not; None where `keras.applications` has no twin or no file name for those options. Reading it
+    never downloads anything: pass the path as `backbone_weights` once `os.path.isfile` says it is there.
+
+        kseg.models.backbones.imagenet_file("mobilenetv2", alpha=0.5)
+        # '~/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5', expanded
+    """
+    namer = _IMAGENET_FILES.get(name) if get(name).keras_application else None
+    try:
+        file_name = namer(**options) if namer else None
+    except TypeError:  # an option keras.applications does not name its files by (kseg's own)
+        return None
+    return os.path.join(keras_models_folder(), file_name) if file_name else None
+
+
+def layer_names(name: str, **options) -> set[str]:
+    """Names of the layers backbone `name` builds with `options` (the same in every model that uses it)."""
+    pixels = keras.Input((None, None, 3))
+    features = build(name, pixels, **options)
+    return {layer.name for layer in keras.Model(pixels, features[max(features)]).layers}
 
 
 def get(name):
@@ -121,4 +167,5 @@ def load_weights(name, backbone_model, weights, **options):
 
 
 __all__ = ["BACKBONES", "CAFFE_STYLE", "TF_STYLE", "TORCH_STYLE", "AtrousSchedule", "Backbone", "ReverseChannels",
-           "VGG16_STAGES", "build", "get", "load_weights", "names", "normalize"]
+           "VGG16_STAGES", "build", "get", "imagenet_file", "keras_models_folder", "layer_names", "load_weights",
+           "names", "normalize"]
