@@ -30,7 +30,11 @@ import numpy as np, tifffile, kseg
 path, height, width, source = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 segmenter = kseg.Segmenter(path, tile="auto", threads=2)
 tile = np.asarray(tifffile.imread(source), np.uint8)
-picture = np.tile(tile[..., None], (-(-height // 512), -(-width // 512), 3))[:height, :width].copy()
+picture = np.empty((height, width, 3), np.uint8)  # filled in place: no temporary raises the peak before the run
+for y in range(0, height, 512):
+    for x in range(0, width, 512):
+        block = tile[:height - y, :width - x]
+        picture[y:y + block.shape[0], x:x + block.shape[1]] = block[..., None]
 segmenter.predict(picture[:256, :256])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
