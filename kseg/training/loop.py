@@ -114,7 +114,11 @@ def _run(config, callbacks, started, folder, cluster):
                                       else "the chief writes the run folder"), flush=True)
 
     timing_steps, overhead_s, save_s = state.config.get("timing_steps", 0), 0.0, 0.0
-    if config.val_every is None or not state.rounds:
+    # A run of a few steps and no time budget is one round: timing it would train more steps than asked for.
+    one_round = bool(config.steps) and config.steps <= 2 * (schedule.WARMUP_STEPS + 1) and not config.time_budget
+    if one_round and config.val_every is None:
+        config.val_every = config.steps
+    if not one_round and (config.val_every is None or not state.rounds):
         # Timed on uncached copies: a partly read cache is thrown away (with a warning). Every worker takes
         # part (the steps are collective); the chief's timing sizes the rounds.
         step_s, overhead_s, save_s = schedule.measure(model, *batches(cache=False), val_count=len(val_split),
