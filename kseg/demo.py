@@ -21,7 +21,7 @@ def _demo_training():
     # From scratch, DeepLabV3+ learns these shapes far faster at 5e-3 than at kseg train's 1e-3; the shapes
     # have no up and a narrow range of sizes (topdown augmentation).
     return TrainConfig(model="deeplabv3plus", steps=1600, time_budget=TRAINING_BUDGET, learning_rate=5e-3,
-                       batch_size=16, augment="topdown", loss="ce+dice", verbose=2)
+                       batch_size=16, augment="topdown", loss="ce+dice", pretrained="none", verbose=2)
 
 
 TRAINING_BUDGET = 450.0  # seconds from the demo's start to the end of training: the whole demo in about 10 minutes

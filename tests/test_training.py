@@ -57,7 +57,8 @@ def test_recipe_fits_the_data(tmp_path):
 def test_recipe_keeps_what_the_user_set():
     split = kseg.data.load("synthetic", "train", num_images=8, size=(64, 64))
     given = TrainConfig(model="deeplabv3plus", model_kwargs={"output_stride": 8}, crop_size=(32, 32), batch_size=2,
-                        time_budget=60, learning_rate=0.01, loss="focal", augment="none")
+                        time_budget=60, learning_rate=0.01, loss="focal", augment="none", pretrained="none",
+                        oversample=0.0)
     config, choices = resolve(given, split)
     assert choices == {}
     for field in ("model", "model_kwargs", "crop_size", "batch_size", "learning_rate", "loss", "augment"):

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DISTRIBUTIONS = ("mirrored", "multiworker")
 PRECISIONS = ("mixed_float16", "mixed_bfloat16")
+PRETRAINED = ("auto", "imagenet", "none")
+BACKBONE_BN = ("frozen", "train")
 # The recipe's defaults that the flags' help states (`kseg.training.recipe` holds the rest).
 CROP = 256  # crop side, where an image does not fit whole
 PIXELS_PER_BATCH = 4 * 128 * 128  # short runs on CPUs learn most from many small steps
@@ -50,6 +52,13 @@ class TrainConfig:
     init: str | None = setting(None, "start from these weights: a model folder (kseg.models.save_pretrained), a "
                                      ".keras checkpoint or hf://org/name[@revision]; the architecture is theirs, the "
                                      "class count the data's", metavar="HANDLE")
+    pretrained: str = setting("auto", "imagenet: the backbone starts from the ImageNet weights in Keras's cache "
+                                      "($KERAS_HOME/models or ~/.keras/models; never downloaded); none: from "
+                                      "scratch; auto: imagenet for colour images when the file is there",
+                              choices=PRETRAINED)
+    backbone_bn: str | None = setting(None, "batch norm of an ImageNet backbone: frozen (inference mode, ImageNet "
+                                            "statistics) or train (default: frozen below batch 16)",
+                                      choices=BACKBONE_BN)
     data: str = setting("synthetic", "folder, annotation file, packed shards, 'synthetic' or 'tfds:NAME'")
     data_format: str | None = setting(None, FORMAT_HELP, flag="--format", metavar="FORMAT")
     data_options: dict = setting({}, kind="internal")  # e.g. {"num_images": 64} for synthetic
@@ -73,6 +82,10 @@ class TrainConfig:
     weight_decay: float = setting(0.0, "weight decay (adamw: default 1e-4, sgd: none)")
     poly_power: float = setting(0.9, "power of the learning rate's poly decay")
     loss: str | None = setting(None, "e.g. ce, dice, lovasz, ce+0.5*dice (default: from the class balance)")
+    oversample: float | None = setting(None, "share of training crops centred on a pixel of a rare class (default: "
+                                             "1/3 where a class is under 2% of the labelled pixels, else 0)",
+                                       kind=float, metavar="SHARE")
+    oversample_classes: list | None = setting(None, kind="internal")  # the classes --oversample centres crops on
     augment: str | None = setting(None, "natural photos (scale, colour), topdown images (microscopy, aerial: "
                                         "flips, turns), flips, turns or none (default: from the images and the "
                                         "run's length)", choices=tuple(AUGMENTATIONS))
@@ -122,6 +135,9 @@ class TrainConfig:
             crop = tuple(self.crop_size)
             if len(crop) != 2 or not all(isinstance(s, int) and s > 0 for s in crop):
                 raise KsegError(f"crop_size must be two positive whole numbers (height, width), got {self.crop_size!r}")
+        share = self.oversample
+        if share is not None and not (isinstance(share, (int, float)) and 0 <= share <= 1):
+            raise KsegError(f"oversample must be a share in [0, 1], got {self.oversample!r}")
         if self.max_latency is not None and self.latency_table is None:
             raise KsegError("max_latency is chosen before training: kseg train --max-latency, or "
                             "kseg.deploy.stage.choose_by_latency(config) first")
@@ -138,7 +154,9 @@ class TrainConfig:
         for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
                                      ("distribute", self.distribute, (None, *DISTRIBUTIONS)),
                                      ("mixed_precision", self.mixed_precision, (None, *PRECISIONS)),
-                                     ("augment", self.augment, (None, *AUGMENTATIONS))):
+                                     ("augment", self.augment, (None, *AUGMENTATIONS)),
+                                     ("pretrained", self.pretrained, PRETRAINED),
+                                     ("backbone_bn", self.backbone_bn, (None, *BACKBONE_BN))):
             if value not in allowed:
                 raise KsegError(f"unknown {name} {value!r}; available: {', '.join(a for a in allowed if a)}")
         return self

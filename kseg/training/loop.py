@@ -90,7 +90,8 @@ def _run(config, callbacks, started, folder, cluster):
 
     # Cache decoded crops in memory when a streamed split fits in about 2 GiB (16 bytes a pixel, decoded).
     fits = not train_split.in_memory and len(train_split) * math.prod(config.crop_size) * 16 < 2**31
-    augment = AUGMENTATIONS[config.augment]
+    augment = {**AUGMENTATIONS[config.augment], "oversample": config.oversample or 0.0,
+               "oversample_classes": tuple(config.oversample_classes or ())}
 
     def batches(cache=fits):
         if cluster:
@@ -189,12 +190,28 @@ def build_and_compile(config: TrainConfig, num_classes: int) -> keras.Model:
         print(f"kseg: starting from {config.init}" + (f" (new for {num_classes} classes: "
               f"{', '.join(loaded.reinitialised)})" if loaded.reinitialised else ""), flush=True)
     else:
-        model = kseg.models.get(config.model, num_classes, input_shape=(None, None, 3), **(config.model_kwargs or {}))
+        # ImageNet weights are a starting point, not a builder argument: config.json and sidecars never name the file.
+        weights = recipe.imagenet_weights(config)
+        kwargs: dict = {**(config.model_kwargs or {}), **({"backbone_weights": weights} if weights else {})}
+        model = kseg.models.get(config.model, num_classes, input_shape=(None, None, 3), **kwargs)
+        if weights and config.backbone_bn == "frozen":
+            _freeze_backbone_batch_norm(model, config)
     model.compile(optimizer=_optimizer(config), loss=kseg.losses.get(config.loss),
                   metrics=[kseg.metrics.SegmentationMetrics(2 if num_classes == 1 else num_classes)])
     # Optimizer variables made now, not inside the first traced step: TensorFlow would trace it twice.
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def _freeze_backbone_batch_norm(model, config):
+    """The ImageNet backbone's batch norm in inference mode with its ImageNet statistics (trainable=False does
+    both in Keras 3); the decoder's, freshly initialised, keeps learning."""
+    backbone = recipe.backbone_of(config.model, config.model_kwargs or {})
+    assert backbone is not None  # recipe.imagenet_weights found a file for it
+    names = kseg.models.backbones.layer_names(backbone[0], **backbone[1])
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.name in names:
+            layer.trainable = False
 
 
 def resolve(config: TrainConfig, train_split: Split, workers: int = 1) -> tuple[TrainConfig, dict]:
@@ -224,6 +241,8 @@ def describe(config: TrainConfig, choices: dict, num_classes: int, train_split, 
     if config.time_budget:
         length.append(f"{config.time_budget:g} s")
     kwargs = ", ".join(f"{k}={v}" for k, v in (config.model_kwargs or {}).items())
+    names = [train_split.class_names[c] if c < len(train_split.class_names) else str(c)
+             for c in config.oversample_classes or ()]
     rows = [
         ("data", f"{train_split.description}: {len(train_split)} training, {len(val_split)} validation images, "
                  f"{num_classes} classes"),
@@ -234,14 +253,28 @@ def describe(config: TrainConfig, choices: dict, num_classes: int, train_split, 
         ("length", " or ".join(length) + " (whichever comes first)" * (len(length) > 1), "steps"),
         ("optimizer", f"{config.optimizer}, learning rate {config.learning_rate:g}, poly {config.poly_power} to 0",
          "learning_rate"),
+        ("start", _start(config), "pretrained", "backbone_bn"),
         ("loss", config.loss, "loss"),
+        ("crops", f"{100 * config.oversample:.0f}% centred on class {', '.join(names)}" if config.oversample and names
+         else "uniform", "oversample"),
         ("augment", config.augment, "augment"),
     ]
     lines = ["kseg train: settings (chosen ones marked *, each can be set; stored in config.json)"]
     for label, value, *fields in rows:
-        reason = next((choices[f].reason for f in fields if f in choices), None)
+        reason = "; ".join(choices[f].reason for f in fields if f in choices and choices[f].reason)
         lines.append(f"  {'*' if reason else ' '} {label:10s} {value}" + (f"  ({reason})" if reason else ""))
     return "\n".join(lines)
+
+
+def _start(config):
+    """Where the weights start, in a few words."""
+    if config.init:
+        return config.init
+    weights = recipe.imagenet_weights(config)
+    if weights is None:
+        return "from scratch"
+    frozen = ", backbone batch norm frozen" if config.backbone_bn == "frozen" else ""
+    return f"ImageNet ({os.path.basename(weights)}){frozen}"
 
 
 def _summary(config, pace, history, started, workers=1):
