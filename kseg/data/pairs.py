@@ -201,7 +201,9 @@ def to_split(report: DataReport, subset: str | None = None, class_names=None, de
     return Split(examples, report.num_classes, names, len(pairs), description, image_size, stats, in_memory=in_memory)
 
 
-def _decode_file(path):
+def decode_image_file(path: str) -> np.ndarray:
+    """uint8 (H, W, 3) pixels of an image file, decoded as the streamed pipeline decodes it; a DataError naming
+    the file when it cannot be decoded."""
     import tensorflow as tf
 
     try:  # TensorFlow's decoder, as the streamed path: 16-bit images scale to 8 bits the same way
@@ -216,7 +218,7 @@ def _decoded(pairs, report):
     import tensorflow as tf
 
     def read(pair):
-        image = report.read_image(pair) if report.read_image else _decode_file(pair[0])
+        image = report.read_image(pair) if report.read_image else decode_image_file(pair[0])
         return image, report.read_mask(pair)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:

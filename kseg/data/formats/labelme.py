@@ -82,9 +82,9 @@ def read(path: str, split: str | None = None) -> Listing:
 
     def read_image(pair):
         if pair[0] != pair[1]:
-            from kseg.data.pairs import _decode_file
+            from kseg.data.pairs import decode_image_file
 
-            return _decode_file(pair[0])
+            return decode_image_file(pair[0])
         return decode_image_data(found[pair].get("imageData"), pair[1])
 
     def read_label(pair):
