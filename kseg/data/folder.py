@@ -16,6 +16,7 @@ from kseg.data.cache import FolderCheckCache
 from kseg.data.masks import read_mask
 from kseg.data.pairs import HOLDOUT, IN_MEMORY_BYTES, DataReport, check_pairs, holdout, note, to_split
 from kseg.data.pairs import image_size as _image_size
+from kseg.data.source import Split
 from kseg.errors import DataError
 
 __all__ = ["HOLDOUT", "IN_MEMORY_BYTES", "DataReport", "check", "find_layout", "from_folder", "holdout",
@@ -100,7 +101,8 @@ def _class_names_file(root):
     return None
 
 
-def from_folder(root, num_classes=None, class_names=None, colors=None, subset=None):
+def from_folder(root: str, num_classes: int | None = None, class_names: list[str] | None = None,
+                colors: dict | None = None, subset: str | None = None) -> Split:
     """A Split from a folder dataset, after `check`: any problem raises a DataError naming the file.
 
     `subset` "train" or "val" splits a folder that has no val/ folder: about a fifth of the pairs

@@ -12,7 +12,7 @@ from kseg import IGNORE_LABEL
 from kseg.errors import DataError
 
 
-def read_mask(path, colors=None, binary_255=False):
+def read_mask(path: str, colors: dict | None = None, binary_255: bool = False) -> np.ndarray:
     """Class indices (uint8, (H, W)) of a mask file; palette masks give their indices, not colours.
 
     `colors` maps (r, g, b) to a class, for colour-coded RGB masks; `binary_255` reads 255 as class 1

@@ -57,13 +57,13 @@ class DataReport:
     class_names: list | None = None  # from the annotation format, when it names its classes
     format: str = "folder"
 
-    def raise_first(self):
+    def raise_first(self) -> None:
         if self.problems:
             more = len(self.problems) - 1
             suffix = f" (and {more} more problem{'s' * (more > 1)}; run: kseg data check {self.root})" if more else ""
             raise DataError(self.problems[0] + suffix)
 
-    def read_mask(self, pair) -> np.ndarray:
+    def read_mask(self, pair: tuple) -> np.ndarray:
         """The class indices of one of its pairs (255 read as class 1 for binary 0/255 masks)."""
         assert self.read_label is not None, "a report of pairs reads their labels"
         labels = self.read_label(pair)
@@ -71,7 +71,7 @@ class DataReport:
             labels = np.where(labels == IGNORE_LABEL, 1, labels).astype(np.uint8)
         return labels
 
-    def image_bytes(self, pair) -> bytes:
+    def image_bytes(self, pair: tuple) -> bytes:
         """An encoded image file's bytes for a pair: the file itself, or its pixels as PNG."""
         if self.read_image is None:
             with open(pair[0], "rb") as f:

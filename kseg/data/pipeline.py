@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from kseg.data.source import IGNORE_LABEL
+from kseg.data.source import IGNORE_LABEL, Split
 
 PAD_PIXEL = 127.5  # padding looks like the mean grey; the padded labels are ignored anyway
 
@@ -24,22 +24,22 @@ JITTERS = ("color", "brightness", None)
 
 
 def pipeline(
-    split,
-    batch_size=8,
-    size=None,
-    training=False,
-    scale_range=(0.5, 2.0),
-    flip=True,
-    jitter="color",
-    seed=0,
-    shuffle_buffer=1024,
-    cache=False,
-    repeat=False,
-    vertical_flip=False,
-    rotate90=False,
+    split: Split,
+    batch_size: int = 8,
+    size: tuple[int, int] | None = None,
+    training: bool = False,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    flip: bool = True,
+    jitter: str | bool | None = "color",
+    seed: int = 0,
+    shuffle_buffer: int = 1024,
+    cache: bool | str = False,
+    repeat: bool = False,
+    vertical_flip: bool = False,
+    rotate90: bool = False,
     oversample: float = 0.0,
     oversample_classes: Sequence[int] = (),
-):
+) -> tf.data.Dataset:
     """Batches of (float32 pixels (N, H, W, 3) in [0, 255], uint8 masks (N, H, W)) from a `Split`.
 
     Training: shuffle, random scale in `scale_range`, pad and random-crop to `size`, horizontal flip
@@ -58,7 +58,8 @@ def pipeline(
     if training:
         if size is None:
             raise ValueError("training needs a crop size, e.g. size=(256, 256)")
-        jitter = {True: "color", False: None}.get(jitter, jitter)
+        if isinstance(jitter, bool):  # True / False: the default jitter or none
+            jitter = "color" if jitter else None
         if jitter not in JITTERS:
             raise ValueError(f"jitter must be one of {JITTERS}, got {jitter!r}")
         examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)

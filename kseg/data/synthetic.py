@@ -11,8 +11,12 @@ could be anything), and nothing in the background looks like an object.
 """
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from kseg.data.source import Split
 
 from kseg.errors import DataError
 
@@ -105,7 +109,8 @@ def _dilate(region, pixels):
     return grown
 
 
-def generate(num_images, size=(128, 128), seed=0, split="train"):
+def generate(num_images: int, size: tuple[int, int] = (128, 128), seed: int = 0,
+             split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, H, W, 3), masks uint8 (N, H, W)); image i depends only on (seed, split, i)."""
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise DataError(f"the synthetic data needs a positive number of images (num-images), got {num_images!r}")
@@ -120,7 +125,8 @@ def generate(num_images, size=(128, 128), seed=0, split="train"):
     return images, masks
 
 
-def from_synthetic(split="train", num_images=None, size=(128, 128), seed=0):
+def from_synthetic(split: str = "train", num_images: int | None = None, size: tuple[int, int] = (128, 128),
+                   seed: int = 0) -> "Split":
     """The synthetic dataset as a `Split` (train: 480 images, val and test: 96 each, by default)."""
     import tensorflow as tf
 
@@ -129,7 +135,7 @@ def from_synthetic(split="train", num_images=None, size=(128, 128), seed=0):
     if split not in _SPLIT_SEEDS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_SEEDS)}, got {split!r}")
     num_images = DEFAULT_LENGTHS[split] if num_images is None else num_images
-    images, masks = generate(num_images, tuple(size), seed, split)
+    images, masks = generate(num_images, (size[0], size[1]), seed, split)
     examples = tf.data.Dataset.from_tensor_slices((images, masks))
     description = f"synthetic {split} ({num_images} images, {size[0]}x{size[1]}, seed {seed})"
     stats = DataStats({tuple(size): num_images}, np.bincount(masks.reshape(-1), minlength=len(CLASS_NAMES)))
@@ -137,7 +143,8 @@ def from_synthetic(split="train", num_images=None, size=(128, 128), seed=0):
                  in_memory=True)
 
 
-def write_folder(out_dir, num_images=32, size=(128, 128), seed=0, split="train"):
+def write_folder(out_dir: str, num_images: int = 32, size: tuple[int, int] = (128, 128), seed: int = 0,
+                 split: str = "train") -> str:
     """Writes the synthetic images (PNG) and palette masks (PNG) as `out_dir/images` and `out_dir/masks`."""
     from PIL import Image
 

@@ -29,8 +29,9 @@ KNOWN = {
 }
 
 
-def from_tfds(name, split="train", data_dir=None, download=False, manual_dir=None, image_key=None, mask_key=None,
-         num_classes=None):
+def from_tfds(name: str, split: str = "train", data_dir: str | None = None, download: bool = False,
+              manual_dir: str | None = None, image_key: str | None = None, mask_key: str | None = None,
+              num_classes: int | None = None) -> Split:
     """A `Split` from TensorFlow Datasets; prepared data under `data_dir` is used as is.
 
     `download=True` downloads and prepares it first (needs a network; `manual_dir` holds manually

@@ -36,7 +36,7 @@ def load_keras(path: str) -> keras.Model:
         raise KsegError(f"{path}: cannot load Keras model ({first_line(error)})") from error
 
 
-def labels_from_logits(logits):
+def labels_from_logits(logits: np.ndarray) -> np.ndarray:
     """uint8 labels from (..., C) logits: argmax, or logit > 0 for a single channel."""
     logits = np.asarray(logits)
     return (logits[..., 0] > 0 if logits.shape[-1] == 1 else logits.argmax(-1)).astype(np.uint8)
@@ -50,11 +50,27 @@ class ArtifactModel:
     `get_output`; `run`, `logits` and `labels` are built on them, and `kseg.runtime.bench` times each step.
     """
 
+    path: str
+    input: dict
+    output: dict
+
+    def set_input(self, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def invoke(self) -> None:
+        raise NotImplementedError
+
+    def get_output(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def ops(self) -> list[str]:
+        raise NotImplementedError
+
     def _describe(self):
         self.input_size = tuple(int(s) for s in self.input["shape"][1:3])
         self.output_kind = "labels" if len(self.output["shape"]) == 3 else "logits"
 
-    def prepare(self, image):
+    def prepare(self, image: np.ndarray) -> np.ndarray:
         """One float32 image (H, W, 3) in [0, 255] at the input size as the input array: batch of one,
         quantized to the input's type where it is an integer type."""
         quant = self.input["quantization"]
@@ -70,7 +86,7 @@ class ArtifactModel:
         np.clip(x, info.min, info.max, out=x)
         return x.astype(self.input["dtype"])
 
-    def finish(self, y):
+    def finish(self, y: np.ndarray) -> np.ndarray:
         """The output array of one image, dequantized where it is quantized logits."""
         quant = self.output["quantization"]
         if self.output_kind == "logits" and quant:
@@ -79,13 +95,13 @@ class ArtifactModel:
             y *= quant["scale"]
         return y
 
-    def run(self, image):
+    def run(self, image: np.ndarray) -> np.ndarray:
         """Raw output for one float32 image (H, W, 3) in [0, 255] already at the input size; dequantized."""
         self.set_input(self.prepare(image))
         self.invoke()
         return self.finish(self.get_output()[0])
 
-    def logits(self, image):
+    def logits(self, image: np.ndarray) -> np.ndarray:
         """Dequantized logits for one image of any size, resized back to that size."""
         if self.output_kind != "logits":
             raise KsegError(f"{self.path} outputs labels, not logits")
@@ -93,7 +109,7 @@ class ArtifactModel:
         logits = self.run(_resize(image, self.input_size))
         return _resize(logits, image.shape[:2])
 
-    def labels(self, image):
+    def labels(self, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W) class map for one float32 RGB image (H, W, 3) in [0, 255] of any size."""
         image = np.asarray(image, np.float32)
         output = self.run(_resize(image, self.input_size))
@@ -112,7 +128,7 @@ class LiteRTModel(ArtifactModel):
     prediction resized back with nearest neighbour).
     """
 
-    def __init__(self, path, num_threads=None):
+    def __init__(self, path: str, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         if not os.path.exists(path):
@@ -128,7 +144,7 @@ class LiteRTModel(ArtifactModel):
         self.output = _tensor_details(self.interpreter.get_output_details()[0])
         self._describe()
 
-    def ops(self):
+    def ops(self) -> list[str]:
         """Sorted names of the builtin ops in the graph (e.g. CONV_2D, RESIZE_BILINEAR), before delegation."""
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -137,13 +153,13 @@ class LiteRTModel(ArtifactModel):
         )
         return sorted({op["op_name"] for op in plain._get_ops_details()})
 
-    def set_input(self, x):
+    def set_input(self, x: np.ndarray) -> None:
         self.interpreter.set_tensor(self.input["index"], x)
 
-    def invoke(self):
+    def invoke(self) -> None:
         self.interpreter.invoke()
 
-    def get_output(self):
+    def get_output(self) -> np.ndarray:
         """A copy of the output tensor (batch of one)."""
         return self.interpreter.get_tensor(self.output["index"])
 
@@ -158,7 +174,7 @@ class OnnxModel(ArtifactModel):
     (`kseg.runtime.bench` reads it).
     """
 
-    def __init__(self, path, num_threads=None, profile=False):
+    def __init__(self, path: str, num_threads: int | None = None, profile: bool = False):
         try:
             import onnxruntime
         except ImportError:
@@ -187,33 +203,33 @@ class OnnxModel(ArtifactModel):
         self._binding.bind_output(self.output["name"], "cpu")
         self._value = None
 
-    def ops(self):
+    def ops(self) -> list[str]:
         """Sorted op types of the graph's nodes (e.g. Conv, Resize), as the file declares them."""
         import onnx
 
         return sorted({node.op_type for node in onnx.load(self.path, load_external_data=False).graph.node})
 
-    def opset(self):
+    def opset(self) -> int | None:
         """The file's default-domain ONNX opset version."""
         import onnx
 
         model = onnx.load(self.path, load_external_data=False)
         return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
-    def set_input(self, x):
+    def set_input(self, x: np.ndarray) -> None:
         import onnxruntime
 
         self._value = onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x))
         self._binding.bind_ortvalue_input(self.input["name"], self._value)
 
-    def invoke(self):
+    def invoke(self) -> None:
         self.session.run_with_iobinding(self._binding)
 
-    def get_output(self):
+    def get_output(self) -> np.ndarray:
         """A copy of the output (batch of one)."""
         return self._binding.copy_outputs_to_cpu()[0]
 
-    def end_profiling(self):
+    def end_profiling(self) -> str:
         """The path of onnxruntime's profile (a Chrome trace JSON), when made with `profile=True`."""
         return self.session.end_profiling()
 
@@ -256,7 +272,7 @@ def _labels_at(logits, size):
 ARTIFACTS = {".tflite": LiteRTModel, ".onnx": OnnxModel}  # file extension -> what runs it
 
 
-def open_artifact(path, num_threads=None):
+def open_artifact(path: str, num_threads: int | None = None) -> ArtifactModel:
     """A `LiteRTModel` for a `.tflite` path, an `OnnxModel` for an `.onnx` path."""
     runner = ARTIFACTS.get(os.path.splitext(path)[1].lower())
     if runner is None:

@@ -10,6 +10,7 @@ and `num_classes`.
 """
 
 import os
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -26,9 +27,9 @@ class KerasPredictor:
 
     batched = True
 
-    def __init__(self, model, trained_size=None):
+    def __init__(self, model: "keras.Model | str", trained_size: tuple[int, int] | None = None):
         path = model if isinstance(model, str) else None
-        self.model = load_keras(model) if path else model
+        self.model: keras.Model = load_keras(model) if isinstance(model, str) else model
         self.num_classes = int(self.model.output_shape[-1])
         height, width = self.model.input_shape[1:3]
         self.input_size = (int(height), int(width)) if height and width else None
@@ -36,11 +37,11 @@ class KerasPredictor:
         self.trained_size = tuple(crop) if crop else self.input_size
         if keras.backend.backend() == "tensorflow":  # one trace for every size: tiles and scales vary it
             spec = tf.TensorSpec([None, *(self.input_size or (None, None)), 3], tf.float32)
-            self._call = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
+            self._call: Callable = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
         else:
             self._call = lambda x: self.model(x, training=False)
 
-    def logits(self, images):
+    def logits(self, images: np.ndarray) -> np.ndarray:
         """Logits (N, H, W, C) for float32 images (N, H, W, 3) in [0, 255], through one compiled call (a model
         built for one size gets the images resized to it, and its logits resized back)."""
         images = np.asarray(images, np.float32)
@@ -49,7 +50,7 @@ class KerasPredictor:
             return tf.image.resize(self._call(tf.image.resize(images, self.input_size)), size).numpy()
         return np.asarray(self._call(images))
 
-    def labels(self, images):
+    def labels(self, images: np.ndarray) -> np.ndarray:
         return labels_from_logits(self.logits(images))
 
 
@@ -58,7 +59,7 @@ class ArtifactPredictor:
 
     batched = False
 
-    def __init__(self, path, num_threads=None):
+    def __init__(self, path: str, num_threads: int | None = None):
         self.runner = open_artifact(path, num_threads)
         shape = self.runner.output["shape"]
         self.num_classes = None if self.runner.output_kind == "labels" else int(shape[-1])
@@ -66,15 +67,15 @@ class ArtifactPredictor:
         self.input_size = self.trained_size = self.runner.input_size
         self.outputs_labels = self.runner.output_kind == "labels"
 
-    def logits(self, images):
+    def logits(self, images: np.ndarray) -> np.ndarray:
         """Logits (N, H, W, C) at each image's size (resized to the file's input and back)."""
         return np.stack([self.runner.logits(image) for image in images])
 
-    def labels(self, images):
+    def labels(self, images: np.ndarray) -> np.ndarray:
         return np.stack([self.runner.labels(image) for image in images])
 
 
-def predictor(model, num_threads=None):
+def predictor(model: "keras.Model | str", num_threads: int | None = None) -> "KerasPredictor | ArtifactPredictor":
     """A predictor for a Keras model, a `.keras` path, a model folder or `hf://` handle
     (`kseg.models.save_pretrained`), or an exported `.tflite` or `.onnx` path."""
     if not isinstance(model, str):

@@ -11,6 +11,9 @@ It takes a Keras model, a `.keras` checkpoint, a model folder or `hf://` handle,
 (`kseg.runtime.tta`) are blended as probabilities band by band.
 """
 
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Literal, overload
+
 import numpy as np
 import tensorflow as tf
 
@@ -18,6 +21,12 @@ from kseg.errors import ArgumentError
 from kseg.runtime import images as pictures
 from kseg.runtime import tiling
 from kseg.runtime.predictors import predictor
+
+if TYPE_CHECKING:
+    import keras
+    from PIL import Image
+
+    Picture = str | Image.Image | np.ndarray  # a path, a PIL image or an array
 from kseg.runtime.tta import Augmentation
 from kseg.runtime.tta import parse as parse_tta
 from kseg.runtime.tta import probabilities as to_probabilities
@@ -47,8 +56,8 @@ class Segmenter:
         segmenter.predict(np.zeros((50, 70, 3), np.uint8)).shape      # (50, 70)
     """
 
-    def __init__(self, model, tile=None, overlap: float = 0.25, tta: str | Augmentation | None = None,
-                 threads: int | None = None, batch_size: int = 8):
+    def __init__(self, model: "keras.Model | str", tile: "str | tuple[int, int] | None" = None, overlap: float = 0.25,
+                 tta: str | Augmentation | None = None, threads: int | None = None, batch_size: int = 8):
         self.tile = tiling.parse_tile(tile)  # settings are checked before the model loads
         self.overlap = tiling.parse_overlap(overlap)
         self.augment = parse_tta(tta)
@@ -61,22 +70,28 @@ class Segmenter:
             raise ArgumentError(f"{self.source} outputs labels, not logits: tiles and test-time augmentation "
                                 "blend probabilities; export with --output logits")
 
-    def window_size(self, size) -> "tuple | None":
+    def window_size(self, size: tuple[int, int]) -> "tuple | None":
         """The windows a picture of `size` (height, width) is cut into, or None for the whole picture."""
         trained = self.predictor.trained_size
         tile = self.tile
         if tile == "auto":
             big = trained and (size[0] > AUTO_RATIO * trained[0] or size[1] > AUTO_RATIO * trained[1])
-            tile = tuple(trained) if big else None
+            tile = tuple(trained) if big and trained else None
         if tile is None and self.predictor.input_size and self.augment.scales != (1.0,):
             tile = self.predictor.input_size
         return tile
 
-    def plan(self, size) -> tiling.Plan:
+    def plan(self, size: tuple[int, int]) -> tiling.Plan:
         """The windows (and accumulator rows) for a picture of `size`: what `predict` will run, without running it."""
         return tiling.plan(size, self.window_size(size), self.overlap, self.augment.views())
 
-    def predict(self, image, probabilities: bool = False):
+    @overload
+    def predict(self, image: "Picture", probabilities: Literal[False] = False) -> np.ndarray: ...
+
+    @overload
+    def predict(self, image: "Picture", probabilities: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def predict(self, image: "Picture", probabilities: bool = False) -> "np.ndarray | tuple[np.ndarray, np.ndarray]":
         """uint8 (H, W) labels of one picture (path, PIL image or array) at its size; with `probabilities`,
         (labels, float32 (H, W, C) probabilities: softmax, or the sigmoid of a single channel)."""
         pixels = pictures.pixels(image)
@@ -85,11 +100,11 @@ class Segmenter:
         labels, probs = self._blend(pixels, probabilities)
         return (labels, probs) if probabilities else labels
 
-    def predict_proba(self, image) -> np.ndarray:
+    def predict_proba(self, image: "Picture") -> np.ndarray:
         """float32 (H, W, C) class probabilities of one picture."""
         return self.predict(image, probabilities=True)[1]
 
-    def predict_batch(self, images) -> list:
+    def predict_batch(self, images: "Sequence[Picture]") -> list:
         """Labels of each picture; pictures of one size without tiles or views run as one batch."""
         arrays = [pictures.pixels(image) for image in images]
         sizes = {array.shape for array in arrays}
@@ -98,7 +113,7 @@ class Segmenter:
             return list(self.predictor.labels(np.stack(arrays).astype(np.float32)))
         return [self.predict(array) for array in arrays]
 
-    def predict_folder(self, folder: str, progress: bool = True):
+    def predict_folder(self, folder: str, progress: bool = True) -> Iterator[tuple[str, np.ndarray]]:
         """Yields (path, labels) for every image in `folder` (sorted by name), with a progress bar."""
         import keras
 
