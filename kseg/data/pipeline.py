@@ -95,7 +95,8 @@ def _resize_pair(image, mask, size):
     return image, mask
 
 
-def crop_window(mask, size, seed, oversample=0.0, classes=()):
+def crop_window(mask: tf.Tensor, size: tuple[int, int], seed: tf.Tensor, oversample: float = 0.0,
+                classes: Sequence[int] = ()) -> tf.Tensor:
     """(top, left) of a `size` crop of `mask` (at least that large): with probability `oversample` (and when one
     of `classes` is in the mask) centred on a pixel of one of `classes` present, else uniform. Graph ops only.
 
@@ -103,8 +104,8 @@ def crop_window(mask, size, seed, oversample=0.0, classes=()):
         crop_window(mask, (32, 32), tf.constant([1, 2]), 1 / 3, (1,))  # [top, left], each in [0, 68]
     """
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    size = tf.constant(size, tf.int32)
-    positions = tf.shape(mask)[:2] - size + 1
+    window = tf.constant(size, tf.int32)
+    positions = tf.shape(mask)[:2] - window + 1
     uniform = tf.cast(tf.random.stateless_uniform([2], seeds[0]) * tf.cast(positions, tf.float32), tf.int32)
     uniform = tf.minimum(uniform, positions - 1)
     if not classes or not oversample:
@@ -117,7 +118,7 @@ def crop_window(mask, size, seed, oversample=0.0, classes=()):
     count = tf.shape(pixels)[0]
     index = tf.random.stateless_uniform([], seeds[2], 0, tf.maximum(count, 1), tf.int32)
     centre = tf.cast(tf.gather(tf.concat([pixels, tf.zeros([1, 2], tf.int64)], 0), index), tf.int32)
-    centred = tf.clip_by_value(centre - size // 2, 0, positions - 1)
+    centred = tf.clip_by_value(centre - window // 2, 0, positions - 1)
     use = tf.logical_and(tf.random.stateless_uniform([], seeds[3]) < oversample, tf.reduce_any(present))
     return tf.where(use, centred, uniform)
 

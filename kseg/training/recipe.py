@@ -46,7 +46,7 @@ import numpy as np
 
 from kseg.errors import KsegError
 from kseg.models import backbones, registry
-from kseg.training.config import BATCH_RANGE, CROP, LEARNING_RATE, PIXELS_PER_BATCH
+from kseg.training.config import BATCH_RANGE, CROP, LEARNING_RATE, PIXELS_PER_BATCH, TrainConfig
 
 SMALL_DATA = 500
 CROP_LARGE_DATA = 512  # from LARGE_DATA training images with large pictures
@@ -149,7 +149,7 @@ def choose(config, split):
     return choices
 
 
-def imagenet_weights(config) -> str | None:
+def imagenet_weights(config: TrainConfig) -> str | None:
     """The ImageNet weights file a resolved config starts its backbone from (`pretrained="imagenet"`), else None."""
     if config.pretrained != "imagenet" or config.init:
         return None
