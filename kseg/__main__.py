@@ -1,3 +1,3 @@
-from kseg.cli import main
+from kseg.cli import run
 
-raise SystemExit(main())
+run()
