@@ -108,6 +108,7 @@ def test_ddrnet_auxiliary_head_trains_with_a_loss_per_output():
     assert model.get_layer("aux_head_conv").input is model.get_layer("fuse3_high_relu").output
     masks = (x.mean(-1) // 86).astype("uint8")
     model.compile(keras.optimizers.Adam(1e-3), loss=[kseg.losses.CrossEntropy()] * 2, loss_weights=[1.0, 0.4])
+    model.optimizer.build(model.trainable_variables)
     history = model.fit(x, (masks, masks), epochs=2, batch_size=2, verbose=0).history
     assert np.isfinite(history["loss"]).all()
     # The deployed model is the first output: same layers, same weights, same logits.

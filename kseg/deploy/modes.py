@@ -78,6 +78,9 @@ AEQ = tuple(name for name, mode in MODES.items() if mode.converter == "aeq")  # 
 # channel's range apart (MNI152 U-Net, 300 steps: 1e-4 recovers all of post-training int4's loss, 1e-3 less)
 QAT_LEARNING_RATE = {"int8": 1e-5, "int4": 1e-4}
 QAT_INT4_MIN_STEPS = 300  # the fewest fine-tuning steps of qat_int4 when qat_steps is None
+# Fine-tunes shorter than this run eagerly: TensorFlow traces a train step of a 300-layer model in 15-25 s, about
+# 15 eager steps (RefineNet tiny, 2 cores: 25 s traced, 1.5 s a step eager)
+EAGER_FINE_TUNE_STEPS = 10
 PROMOTIONS = ("float", "int16")  # what the mixed mode turns its sensitive ops into
 OUTPUTS = ("logits", "labels")
 IO_DTYPES = ("uint8", "int8")

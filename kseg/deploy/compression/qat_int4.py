@@ -130,7 +130,9 @@ def int4_aware_training(model, train_split, *, input_size, steps=None, learning_
         steps = max(per_pass, modes.QAT_INT4_MIN_STEPS)
     learning_rate = modes.QAT_LEARNING_RATE["int4"] if learning_rate is None else learning_rate
     decay = keras.optimizers.schedules.PolynomialDecay(learning_rate, int(steps), 0.0, TrainConfig.poly_power)
-    twin.compile(keras.optimizers.Adam(decay), loss=losses.get(plan["loss"]))
+    twin.compile(keras.optimizers.Adam(decay), loss=losses.get(plan["loss"]),
+                 run_eagerly=steps < modes.EAGER_FINE_TUNE_STEPS)
+    twin.optimizer.build(twin.trainable_variables)  # now, not in the first traced step (~10 s)
     history = twin.fit(tuning.batches(train_split, batch_size, input_size), steps_per_epoch=int(steps), epochs=1,
                        shuffle=False, verbose=verbose)
     tuned = keras.models.clone_model(model)

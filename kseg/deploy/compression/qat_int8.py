@@ -64,7 +64,9 @@ def int8_aware_training(model, train_split, *, input_size, steps: int | None = N
         steps = max(1, -(-len(train_split) // batch_size)) if train_split.length is not None else 100
     learning_rate = modes.QAT_LEARNING_RATE["int8"] if learning_rate is None else learning_rate
     decay = keras.optimizers.schedules.PolynomialDecay(learning_rate, int(steps), 0.0, TrainConfig.poly_power)
-    simulated.compile(keras.optimizers.Adam(decay), loss=losses.get(plan["loss"]))
+    simulated.compile(keras.optimizers.Adam(decay), loss=losses.get(plan["loss"]),
+                      run_eagerly=steps < modes.EAGER_FINE_TUNE_STEPS)
+    simulated.optimizer.build(simulated.trainable_variables)  # now, not in the first traced step (~10 s)
     history = simulated.fit(tuning.batches(train_split, batch_size, input_size), steps_per_epoch=int(steps),
                             epochs=1, shuffle=False, verbose=verbose)
     fake_quant.restore(simulated, tuned)
