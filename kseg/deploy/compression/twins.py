@@ -97,6 +97,12 @@ class HardActivation(tf_keras.layers.Layer):
 register_quantize_config(HardActivation)
 
 
+@register_twin("HardSwish")
+def _hard_swish_twin(layer, args, kwargs):
+    """kseg.models.custom_layers.HardSwish (MobileNetV3's, as kseg builds it)."""
+    return HardActivation("hard_silu", name=layer.name), args, kwargs
+
+
 @register_twin("Activation")
 def _activation_twin(layer, args, kwargs):
     activation = layer.get_config()["activation"]

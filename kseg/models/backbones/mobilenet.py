@@ -4,6 +4,7 @@ arXiv:1905.02244), as kseg backbones."""
 from keras import layers
 
 from kseg.models.backbones.common import batch_norm, make_divisible
+from kseg.models.custom_layers import HardSwish
 
 # MobileNetV2 --------------------------------------------------------------------------------------
 
@@ -79,6 +80,11 @@ _MOBILENETV3_SMALL = (
 )
 
 
+def _activation(activation, name):
+    """MobileNetV3's activations; hard-swish as `HardSwish` (XNNPACK runs its int8 ops, see there)."""
+    return HardSwish(name=name) if activation == "hard_swish" else layers.Activation(activation, name=name)
+
+
 def _squeeze_excite(x, prefix):
     channels = x.shape[-1]
     s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{prefix}squeeze_excite_avg_pool")(x)
@@ -105,14 +111,14 @@ def _mobilenetv3_block(x, kernel, expansion, filters, squeeze_excite, activation
     if block_id:
         x = layers.Conv2D(make_divisible(in_channels * expansion), 1, use_bias=False, name=prefix + "expand")(x)
         x = batch_norm(prefix + "expand_bn")(x)
-        x = layers.Activation(activation, name=prefix + "expand_act")(x)
+        x = _activation(activation, prefix + "expand_act")(x)
     expanded = x
     x, padding = _strided(x, kernel, stride, torchvision, prefix + "depthwise_pad")
     x = layers.DepthwiseConv2D(
         kernel, strides=stride, dilation_rate=rate, padding=padding, use_bias=False, name=prefix + "depthwise"
     )(x)
     x = batch_norm(prefix + "depthwise_bn")(x)
-    x = layers.Activation(activation, name=prefix + "depthwise_act")(x)
+    x = _activation(activation, prefix + "depthwise_act")(x)
     if squeeze_excite:
         x = _squeeze_excite(x, prefix)
     x = layers.Conv2D(filters, 1, use_bias=False, name=prefix + "project")(x)
@@ -129,7 +135,7 @@ def _mobilenetv3(x, schedule, table, alpha, minimalistic, torchvision):
     x, padding = _strided(x, 3, strides, torchvision, "conv_pad")
     x = layers.Conv2D(16, 3, strides=strides, padding=padding, use_bias=False, name="conv")(x)
     x = batch_norm("conv_bn")(x)
-    x = layers.Activation(activation, name="conv_act")(x)
+    x = _activation(activation, "conv_act")(x)
     for block_id, (kernel, expansion, channels, squeeze_excite, hard_swish, stride) in enumerate(table):
         stride_before = schedule.stride
         strides, rate = schedule(stride)
@@ -143,7 +149,7 @@ def _mobilenetv3(x, schedule, table, alpha, minimalistic, torchvision):
             features[stride_before] = expanded
     x = layers.Conv2D(make_divisible(x.shape[-1] * 6), 1, use_bias=False, name="conv_1")(x)
     x = batch_norm("conv_1_bn")(x)
-    features[schedule.stride] = layers.Activation(activation, name="conv_1_act")(x)
+    features[schedule.stride] = _activation(activation, "conv_1_act")(x)
     return features
 
 
