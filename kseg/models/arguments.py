@@ -48,6 +48,16 @@ def options(name, value):
         raise ArgumentError(f"{name} must be a dict of options or None, got {value!r}")
 
 
+def torchvision_compatible(value, backbone_weights):
+    """A builder's `torchvision_compatible`: a bool, and then no `backbone_weights` (torchvision's weights come in
+    through `kseg.models.convert`)."""
+    if not isinstance(value, bool):
+        raise ArgumentError(f"torchvision_compatible must be True or False, got {value!r}")
+    if value and backbone_weights is not None:
+        raise ArgumentError("torchvision_compatible takes torchvision's weights (kseg.models.convert), "
+                            f"not backbone_weights={backbone_weights!r}")
+
+
 def common(num_classes, name):
     """What every builder takes: a class count and a model name."""
     positive_int("num_classes", num_classes)

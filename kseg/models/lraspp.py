@@ -15,7 +15,6 @@ is what ships, and it lowers to MEAN, LOGISTIC and MUL, all LiteRT builtins that
 import keras
 from keras import layers
 
-from kseg.errors import ArgumentError
 from kseg.models import arguments, backbones, blocks
 from kseg.models.custom_layers import BN_MOMENTUM, BatchNormalization
 from kseg.models.registry import register
@@ -86,18 +85,11 @@ def lraspp(
     if low_level_stride >= output_stride:
         raise ValueError(f"low_level_stride ({low_level_stride}) must be below output_stride ({output_stride})")
 
+    arguments.torchvision_compatible(torchvision_compatible, backbone_weights)
+
     pixels = blocks.pixel_input(input_shape)
-    if torchvision_compatible:
-        if backbone_weights is not None:
-            raise ArgumentError("torchvision_compatible takes torchvision's weights (kseg.models.convert), "
-                                f"not backbone_weights={backbone_weights!r}")
-        x = backbones.normalize(pixels, **backbones.TORCH_STYLE)
-        features = backbones.get(backbone).build(x, backbones.AtrousSchedule(output_stride), torchvision=True,
-                                                 **(backbone_kwargs or {}))
-    else:
-        features = backbones.build(
-            backbone, pixels, output_stride=output_stride, weights=backbone_weights, **(backbone_kwargs or {})
-        )
+    features = backbones.build(backbone, pixels, output_stride=output_stride, weights=backbone_weights,
+                               torchvision=torchvision_compatible, **(backbone_kwargs or {}))
     high = features[output_stride]
     low = keras.Model(pixels, high).get_layer(LOW_LEVEL_LAYERS[backbone][low_level_stride]).output
 
