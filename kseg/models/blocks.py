@@ -39,12 +39,13 @@ def resize_like(x, reference, interpolation="bilinear", name=None):
 NORMALIZATIONS = ("batch", "group", "layer", "none", None)
 
 
-def normalization(kind, name):
-    """A normalisation layer by name: "batch", "group" (8 groups), "layer" or None/"none"."""
+def normalization(kind, name, epsilon=1e-3):
+    """A normalisation layer by name: "batch", "group" (8 groups), "layer" or None/"none"; `epsilon` is batch
+    norm's (1e-3, Keras's; 1e-5 for PyTorch-trained weights)."""
     if kind in (None, "none"):
         return None
     if kind == "batch":
-        return BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-3, name=name)
+        return BatchNormalization(momentum=BN_MOMENTUM, epsilon=epsilon, name=name)
     if kind == "group":
         return layers.GroupNormalization(groups=8, name=name)
     if kind == "layer":
@@ -61,6 +62,7 @@ def conv_bn_act(
     activation="relu",
     norm="batch",
     name="conv",
+    epsilon=1e-3,
 ):
     """Conv2D (no bias when normalised) -> normalisation -> activation.
 
@@ -76,7 +78,7 @@ def conv_bn_act(
         use_bias=norm in (None, "none"),
         name=f"{name}_conv",
     )(x)
-    norm_layer = normalization(norm, f"{name}_bn")
+    norm_layer = normalization(norm, f"{name}_bn", epsilon)
     if norm_layer is not None:
         x = norm_layer(x)
     if activation:
@@ -94,29 +96,30 @@ def separable_conv_bn_act(x, filters, kernel_size=3, dilation_rate=1, activation
     return conv_bn_act(x, filters, 1, activation=activation, name=f"{name}_pointwise")
 
 
-def image_pooling(x, filters, name="image_pooling"):
+def image_pooling(x, filters, name="image_pooling", epsilon=1e-3):
     """ASPP's image-level branch: global average -> 1x1 conv-BN-ReLU -> broadcast back to x's size."""
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_average")(x)
-    pooled = conv_bn_act(pooled, filters, 1, name=name)
+    pooled = conv_bn_act(pooled, filters, 1, name=name, epsilon=epsilon)
     return resize_like(pooled, x, name=f"{name}_resize")
 
 
-def aspp(x, filters=256, rates=(6, 12, 18), separable=True, dropout=0.1, name="aspp"):
+def aspp(x, filters=256, rates=(6, 12, 18), separable=True, dropout=0.1, name="aspp", epsilon=1e-3):
     """Atrous Spatial Pyramid Pooling (Chen et al. 2017, DeepLabV3 section 3.3).
 
     A 1x1 branch, one 3x3 atrous branch per rate, and image pooling, concatenated and projected
-    back to `filters` channels. `separable=True` uses atrous separable convolutions (DeepLabV3+).
+    back to `filters` channels. `separable=True` uses atrous separable convolutions (DeepLabV3+);
+    `epsilon` is the batch norms' (not separable ones').
     """
-    branches = [conv_bn_act(x, filters, 1, name=f"{name}_1x1")]
+    branches = [conv_bn_act(x, filters, 1, name=f"{name}_1x1", epsilon=epsilon)]
     for rate in rates:
         branch_name = f"{name}_rate{rate}"
         if separable:
             branches.append(separable_conv_bn_act(x, filters, dilation_rate=rate, name=branch_name))
         else:
-            branches.append(conv_bn_act(x, filters, 3, dilation_rate=rate, name=branch_name))
-    branches.append(image_pooling(x, filters, name=f"{name}_pooling"))
+            branches.append(conv_bn_act(x, filters, 3, dilation_rate=rate, name=branch_name, epsilon=epsilon))
+    branches.append(image_pooling(x, filters, name=f"{name}_pooling", epsilon=epsilon))
     x = layers.Concatenate(name=f"{name}_concat")(branches)
-    x = conv_bn_act(x, filters, 1, name=f"{name}_projection")
+    x = conv_bn_act(x, filters, 1, name=f"{name}_projection", epsilon=epsilon)
     if dropout:
         x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
     return x
