@@ -1,6 +1,6 @@
-"""Converters (kseg.models.convert): PyTorch state dicts read without PyTorch, torchvision's LR-ASPP mapped onto
-`kseg.models.lraspp(torchvision_compatible=True)`, one-line errors for tensors that are missing, left over or
-misshapen, and (with KSEG_TORCH_PYTHON: a Python with torch and torchvision) kseg's output against
+"""Converters (kseg.models.convert): PyTorch state dicts read without PyTorch, torchvision's LR-ASPP, DeepLabV3 and
+FCN mapped onto kseg's builders with `torchvision_compatible=True`, one-line errors for tensors that are missing,
+left over or misshapen, and (with KSEG_TORCH_PYTHON: a Python with torch and torchvision) kseg's output against
 torchvision's own on the same pixels."""
 
 import json
@@ -25,8 +25,31 @@ HERE = os.path.dirname(__file__)
 TOLERANCE = 1e-4
 
 
+# torchvision model -> (kseg architecture, the builder arguments its converter gives), for 4 classes
+CONVERTED = {
+    "lraspp_mobilenet_v3_large": ("lraspp", {"backbone": "mobilenetv3_large", "head_filters": 128,
+                                             "torchvision_compatible": True}),
+    "deeplabv3_mobilenet_v3_large": ("deeplabv3", {"backbone": "mobilenetv3_large", "output_stride": 16,
+                                                   "atrous_rates": [12, 24, 36], "aspp_filters": 256, "dropout": 0.5,
+                                                   "torchvision_compatible": True}),
+    **{f"deeplabv3_{resnet}": ("deeplabv3", {"backbone": resnet, "output_stride": 8, "atrous_rates": [12, 24, 36],
+                                             "aspp_filters": 256, "dropout": 0.5, "torchvision_compatible": True})
+       for resnet in ("resnet50", "resnet101")},
+    **{f"fcn_{resnet}": ("fcn32s", {"backbone": resnet, "fc_filters": 512, "dropout": 0.1,
+                                    "torchvision_compatible": True})
+       for resnet in ("resnet50", "resnet101")},
+}
+# Sizes of the torchvision comparison (two, odd ones among them): MobileNets at LR-ASPP's, ResNet-50 models small
+# but with ASPP's rate 12 inside the stride-8 features (15 x 17), ResNet-101 models smaller still.
+TORCH_SIZES = {"lraspp_mobilenet_v3_large": ("224x224", "161x193"),
+               "deeplabv3_mobilenet_v3_large": ("224x224", "161x193"),
+               "deeplabv3_resnet50": ("64x64", "113x135"), "fcn_resnet50": ("64x64", "113x135"),
+               "deeplabv3_resnet101": ("64x64", "49x71"), "fcn_resnet101": ("64x64", "49x71")}
+
+
 def torch_tensors(model, names):
-    """The state dict torchvision would have for `model`'s weights (the converter's mapping run backwards)."""
+    """The state dict torchvision would have for `model`'s weights (the converter's mapping run backwards; names
+    from `torchvision.names_of(model)` for any torchvision-compatible kseg model)."""
     tensors = {}
     for layer in model.layers:
         if not layer.weights:
@@ -44,26 +67,52 @@ def torch_tensors(model, names):
     return tensors
 
 
-@pytest.fixture(scope="module")
-def reference():
-    """A torchvision-compatible LR-ASPP with random batch-norm statistics, and its weights as torchvision names."""
+def torchvision_like(name):
+    """The kseg model that torchvision's `name` converts to (4 classes) with random batch-norm statistics, and its
+    weights as torchvision names."""
     keras.utils.set_random_seed(0)
-    model = kseg.models.lraspp(4, torchvision_compatible=True)
+    architecture, args = CONVERTED[name]
+    model = kseg.models.get(architecture, 4, **args)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             rng = np.random.default_rng(len(layer.name))
             gamma, beta, mean, variance = layer.get_weights()
             layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
                                rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)])
-    return model, torch_tensors(model, torchvision.lraspp_names(model))
+    return model, torch_tensors(model, torchvision.names_of(model))
 
 
-def test_the_mapping_covers_every_tensor_and_the_model_comes_back(reference):
-    model, tensors = reference
-    converted, args = torchvision.lraspp_mobilenet_v3_large(tensors)
-    assert args == {"backbone": "mobilenetv3_large", "head_filters": 128, "torchvision_compatible": True}
-    image = np.random.default_rng(1).uniform(0, 255, (1, 97, 130, 3)).astype("float32")
+@pytest.fixture(scope="module")
+def reference():
+    """A torchvision-compatible LR-ASPP with random batch-norm statistics, and its weights as torchvision names."""
+    return torchvision_like("lraspp_mobilenet_v3_large")
+
+
+@pytest.mark.parametrize("name", list(CONVERTED))
+def test_the_mapping_covers_every_tensor_and_the_model_comes_back(name):
+    model, tensors = torchvision_like(name)
+    if "lraspp" not in name:  # torchvision's published weights carry the auxiliary head: skipped
+        tensors.update({"aux_classifier.0.weight": np.zeros((8, 1024, 3, 3), "float32"),
+                        "aux_classifier.4.bias": np.zeros(4, "float32")})
+    converted, args = convert.SOURCES[f"torchvision:{name}"][0](tensors)
+    assert (convert.SOURCES[f"torchvision:{name}"][1], args) == CONVERTED[name]
+    image = np.random.default_rng(1).uniform(0, 255, (1, 49, 71, 3)).astype("float32")
     np.testing.assert_array_equal(np.asarray(converted(image)), np.asarray(model(image)))
+
+
+def test_resnet_tensors_that_do_not_fit_are_named_on_one_line():
+    tensors = torchvision_like("fcn_resnet50")[1]
+    with pytest.raises(KsegError) as error:  # ResNet-50's weights are a ResNet-101's first 6 of 23 layer3 blocks
+        torchvision.fcn_resnet101(tensors, source="fcn.pth")
+    assert str(error.value).startswith("fcn.pth: missing backbone.layer3.6.conv1.weight")
+    tensors["backbone.layer2.0.conv2.weight"] = tensors["backbone.layer2.0.conv2.weight"][:, :, :1]
+    tensors["extra.weight"] = np.zeros(1, "float32")
+    with pytest.raises(KsegError) as error:
+        torchvision.fcn_resnet50(tensors, source="fcn.pth")
+    assert str(error.value) == ("fcn.pth: backbone.layer2.0.conv2.weight (128, 128, 1, 3) does not fit "
+                                "conv3_block1_2_conv (3, 3, 128, 128); unexpected extra.weight")
+    with pytest.raises(KsegError, match="fcn.pth: missing classifier.4.weight .not a state dict of deeplabv3_"):
+        torchvision.deeplabv3_resnet50({}, source="fcn.pth")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -128,10 +177,10 @@ def torch_python():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large"])
+@pytest.mark.parametrize("name", list(CONVERTED))
 def test_outputs_match_torchvision(name, tmp_path):
     python = torch_python()
-    subprocess.run([python, os.path.join(HERE, "torch_reference.py"), name, str(tmp_path), "224x224", "161x193"],
+    subprocess.run([python, os.path.join(HERE, "torch_reference.py"), name, str(tmp_path), *TORCH_SIZES[name]],
                    check=True, timeout=600)
     folder = convert.convert(name, weights=str(tmp_path / f"{name}.pth"), out_dir=str(tmp_path / "kseg"))
     model = kseg.models.from_pretrained(folder)

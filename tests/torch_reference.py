@@ -1,9 +1,10 @@
 """Run by tests/test_convert.py with the interpreter of KSEG_TORCH_PYTHON (a venv with torch and torchvision):
-builds a torchvision segmentation model with random weights (batch-norm statistics and affine parameters
-randomised too, so a swapped mean and variance shows), saves its state dict with torch.save and its outputs on
-fixed [0, 255] images in an .npz (images and logits channels-last, as kseg takes and returns them).
+builds a torchvision segmentation model (LR-ASPP, DeepLabV3, FCN) with random weights (batch-norm statistics and
+affine parameters randomised too, so a swapped mean and variance shows), saves its state dict with torch.save and
+its outputs on fixed [0, 255] images in an .npz (images and logits channels-last, as kseg takes and returns them).
 
     python tests/torch_reference.py lraspp_mobilenet_v3_large OUT_DIR 224x224 161x193
+    python tests/torch_reference.py deeplabv3_resnet50 OUT_DIR 64x64 49x71
 """
 
 import sys
@@ -19,8 +20,9 @@ STD = (0.229, 0.224, 0.225)
 def main(name, out_dir, *sizes):
     torch.manual_seed(0)
     builder = getattr(torchvision.models.segmentation, name)
-    model = builder(weights=None, weights_backbone=None, num_classes=5, **({"aux_loss": False} if "lraspp" not in name
-                                                                            else {}))
+    # DeepLabV3 and FCN with their auxiliary heads, as torchvision's published weights have them (kseg skips them)
+    aux = {} if "lraspp" in name else {"aux_loss": True}
+    model = builder(weights=None, weights_backbone=None, num_classes=5, **aux)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

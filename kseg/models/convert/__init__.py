@@ -1,10 +1,12 @@
-"""Weights from other libraries onto kseg's builders, one module per source (`torchvision`), read from files
-(`state_dict`: PyTorch's own format without PyTorch, safetensors, npz) and written as kseg model folders.
+"""Weights from other libraries onto kseg's builders, one package per source (`torchvision`: LR-ASPP, DeepLabV3
+and FCN), read from files (`state_dict`: PyTorch's own format without PyTorch, safetensors, npz) and written as
+kseg model folders.
 
     kseg.models.convert.convert("torchvision:lraspp_mobilenet_v3_large", weights="lraspp.pth", out_dir="lraspp")
     kseg.models.from_pretrained("lraspp")  # takes [0, 255] RGB; torchvision's normalisation is inside
 
-The command line: `kseg convert torchvision:lraspp_mobilenet_v3_large --weights lraspp.pth --out lraspp`.
+The command line: `kseg convert torchvision:lraspp_mobilenet_v3_large --weights lraspp.pth --out lraspp`;
+`kseg convert deeplabv3_resnet50 --weights deeplabv3_resnet50_coco-cd0a2569.pth --out deeplabv3` (see `names()`).
 """
 
 import hashlib
@@ -17,6 +19,11 @@ from kseg.models.convert import state_dict, torchvision
 # "library:model" -> (converter(tensors, input_shape, source) -> (model, builder arguments), kseg architecture)
 SOURCES = {
     "torchvision:lraspp_mobilenet_v3_large": (torchvision.lraspp_mobilenet_v3_large, "lraspp"),
+    "torchvision:deeplabv3_mobilenet_v3_large": (torchvision.deeplabv3_mobilenet_v3_large, "deeplabv3"),
+    "torchvision:deeplabv3_resnet50": (torchvision.deeplabv3_resnet50, "deeplabv3"),
+    "torchvision:deeplabv3_resnet101": (torchvision.deeplabv3_resnet101, "deeplabv3"),
+    "torchvision:fcn_resnet50": (torchvision.fcn_resnet50, "fcn32s"),
+    "torchvision:fcn_resnet101": (torchvision.fcn_resnet101, "fcn32s"),
 }
 
 
