@@ -14,6 +14,8 @@ name them alike: `<stem>_<mode>.tflite` (`<stem>_onnx.onnx` for the ONNX mode), 
 import dataclasses
 import os
 
+import numpy as np
+
 from kseg import files, provenance, report, runtime
 from kseg.deploy import gpu, litert, modes
 from kseg.errors import KsegError
@@ -218,14 +220,18 @@ def write_manifest(out_dir, results, title="Export report", **meta):
 
 def int8_latency(candidate, *, size, threads: int, classes: int = 21, calibration=None, runs: int = 5) -> float:
     """Milliseconds of one int8 LiteRT call (uint8 image in, logits out) of a `kseg.training.latency.Candidate` built
-    with random weights: converted with a few calibration images (default: 4 synthetic ones), the mean of `runs`."""
+    with random weights and batch-norm statistics taken from the calibration images (default: 4 synthetic ones), so
+    that its int8 scales are a trained model's (`kseg.models.statistics`), the mean of `runs`."""
     import tempfile
 
     import kseg
+    from kseg.models import statistics
 
     model = kseg.models.get(candidate.model, classes, **candidate.kwargs)
     if calibration is None:
         calibration = kseg.data.load("synthetic", "train", num_images=4, size=tuple(size))
+    images = litert.calibration_images(calibration, tuple(size), count=4)
+    statistics.set_batch_norm_statistics(model, np.concatenate(images))
     with tempfile.TemporaryDirectory(prefix="kseg-latency-") as folder:
         path = os.path.join(folder, f"{candidate.model}_int8.tflite")
         litert.to_litert(model, path, mode="int8", artifact=modes.Artifact(tuple(size)), calibration=calibration,
