@@ -11,9 +11,9 @@ own default), 21 classes, and measured in a process of its own (TensorFlow's con
 conversion): parameters, and GMACs at SxS and 2SxS (512x512 and 1024x512: a camera frame and a Cityscapes-like
 half frame; `kseg.complexity`), a float32 and a full-int8 LiteRT file (`kseg.deploy.litert.to_litert`, uint8 image
 in; int8 calibrated on 16 synthetic images, the batch-norm statistics first taken from 4 of them by
-`kseg.models.statistics` so that the int8 scales are a trained model's), each file's size and latency at every `--threads` count
-(`kseg.runtime.bench.benchmark`: XNNPACK, float32 image in, logits out), and the float32 file's GPU verdict
-(`kseg.deploy.gpu.check`: TensorFlow's analyzer and kseg's stricter check). With `--train DATASET...` each
+`kseg.models.statistics` so that the int8 scales are a trained model's), each file's size and latency at every
+`--threads` count (`kseg.runtime.bench.benchmark`: XNNPACK, float32 image in, logits out), and the float32 file's
+GPU verdict (`kseg.deploy.gpu.check`: TensorFlow's analyzer and kseg's stricter check). With `--train DATASET...` each
 architecture is also trained by `kseg train --data D --model NAME --time-budget B` (its mobile configuration as
 `--model-arg`s, every other setting kseg's) on the learning benchmark's datasets (`learning.prepare`: the synthetic
 set, or a real one from the data venv) and scored by its best val mIoU; the plot draws int8 latency against that

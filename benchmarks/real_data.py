@@ -24,6 +24,10 @@ Datasets (package version checked; licence as far as stated):
   the ICBM 2009a symmetric MNI152 T1 template (1 mm, 197x233x189) with its grey- and white-matter probability
   maps -> axial slices of 233x197, 3 classes (other, grey matter, white matter) by argmax of the maps. nilearn
   is BSD-3-Clause; the template is (c) McConnell Brain Imaging Centre, free to use with its copyright notice.
+- mni152_csf, from the same files: mni152_tissue's slices and split, 2 classes: background and the CSF
+  that tissue encloses (pixels of neither grey nor white matter that no path through such pixels links to the
+  slice's border: ventricles, basal cisterns and deep sulci), 0.85% of train and 0.71% of val pixels: a rare
+  class, like a tumour in CT/MRI slices.
 
 How each becomes a folder (deterministic; no randomness anywhere):
 - dsb2018_nuclei: the 512x512 image is cut into 16 non-overlapping 128x128 tiles; the 4 tiles of the bottom-right
@@ -88,6 +92,19 @@ DATASETS = {
                    "free use with copyright notice",
         "about": "MNI152 2009a T1 template 197x233x189 with GM/WM probability maps -> axial slices 233x197, "
                  "3 classes by argmax, every 4th block of 4 slices is val",
+    },
+    "mni152_csf": {
+        "package": "nilearn",
+        "dist": "nilearn",
+        "pip": "pip install --no-deps nilearn==0.14.1 && pip install nibabel pillow numpy",
+        "files": ["datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+                  "datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+                  "datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"],
+        "classes": ["background", "enclosed_csf"],
+        "licence": "nilearn BSD-3-Clause; ICBM 2009a MNI152 template (c) McConnell Brain Imaging Centre, "
+                   "free use with copyright notice",
+        "about": "MNI152 T1 axial slices 233x197 as mni152_tissue, 2 classes: CSF enclosed by tissue "
+                 "(ventricles, cisterns, deep sulci: non-tissue pixels the slice's border cannot reach), <1% of pixels",
     },
 }
 
@@ -171,7 +188,35 @@ def _mni152_tissue(paths, pip):
     return out
 
 
-BUILDERS = {"dsb2018_nuclei": _dsb2018_nuclei, "cells3d_nuclei": _cells3d_nuclei, "mni152_tissue": _mni152_tissue}
+def _enclosed(free):
+    """Pixels of `free` (a 2-D bool array) that no path through `free` connects to the array's border."""
+    reached = np.zeros_like(free)
+    reached[0, :], reached[-1, :], reached[:, 0], reached[:, -1] = free[0, :], free[-1, :], free[:, 0], free[:, -1]
+    while True:
+        grown = reached.copy()
+        grown[1:] |= reached[:-1]
+        grown[:-1] |= reached[1:]
+        grown[:, 1:] |= reached[:, :-1]
+        grown[:, :-1] |= reached[:, 1:]
+        grown &= free
+        if np.array_equal(grown, reached):
+            return free & ~reached
+        reached = grown
+
+
+def _mni152_csf(paths, pip):
+    """mni152_tissue's slices and split; the mask is the CSF that grey and white matter enclose in the slice
+    (ventricles, basal cisterns, deep sulci), a rare class (what crop oversampling is for)."""
+    tissue = _mni152_tissue(paths, pip)
+    out = {"train": [], "val": []}
+    for split, items in tissue.items():
+        for stem, image, labels in items:
+            out[split].append((stem, image, _enclosed(labels == 0).astype(np.uint8)))
+    return out
+
+
+BUILDERS = {"dsb2018_nuclei": _dsb2018_nuclei, "cells3d_nuclei": _cells3d_nuclei, "mni152_tissue": _mni152_tissue,
+            "mni152_csf": _mni152_csf}
 
 
 def materialize(name, out_dir):
