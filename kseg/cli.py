@@ -133,11 +133,16 @@ def parser():
     d.set_defaults(func=commands.cmd_data_synth)
 
     c = subcommands.add_parser("convert", help="another library's weights (torchvision) as a kseg model folder")
-    c.add_argument("source", help="e.g. torchvision:lraspp_mobilenet_v3_large")
+    c.add_argument("source", help="e.g. torchvision:lraspp_mobilenet_v3_large, torchvision:deeplabv3_resnet50, "
+                                  "torchvision:resnet50 (kseg.models.convert.names())")
     c.add_argument("--weights", required=True, help="its state dict: a torch.save file, .safetensors or .npz")
     c.add_argument("--out", required=True, help="the model folder to write")
     c.add_argument("--class-names", nargs="+", metavar="NAME", help="one name per class, for the model card")
     c.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    c.add_argument("--model", help="an ImageNet classifier (torchvision:resnet50...): the architecture whose backbone "
+                                   "it becomes, under a fresh head (deeplabv3 by default; fcn32s, lraspp)")
+    c.add_argument("--num-classes", type=int, help="an ImageNet classifier: the fresh head's classes (default: one "
+                                                   "per --class-names, else 21)")
     c.set_defaults(func=commands.cmd_convert)
 
     c = subcommands.add_parser("push", help="upload a model folder to the Hugging Face Hub (needs a token)")

@@ -153,7 +153,7 @@ def cmd_convert(args):
     from kseg.models import convert
 
     folder = convert.convert(args.source, weights=args.weights, out_dir=args.out, class_names=args.class_names,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, architecture=args.model, num_classes=args.num_classes)
     print(f"wrote {folder} (kseg.models.from_pretrained, kseg export and kseg train --init take it)")
 
 

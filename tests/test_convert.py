@@ -18,6 +18,7 @@ from kseg.cli import main
 from kseg.errors import KsegError
 from kseg.models import convert
 from kseg.models.convert import state_dict, torchvision
+from kseg.models.convert.torchvision import imagenet
 
 HERE = os.path.dirname(__file__)
 # Largest |kseg - torchvision| allowed, as a share of the largest |logit|: float32 rounding only (seen: 6e-7
@@ -39,20 +40,33 @@ CONVERTED = {
                                     "torchvision_compatible": True})
        for resnet in ("resnet50", "resnet101")},
 }
+# torchvision ImageNet classifier -> (the kseg architecture its weights go under by default, its builder arguments)
+BACKBONES = {
+    **{resnet: ("deeplabv3", {"backbone": resnet, "output_stride": 8, "dropout": 0.5, "torchvision_compatible": True})
+       for resnet in ("resnet50", "resnet101")},
+    **{name: ("deeplabv3", {"backbone": backbone, "output_stride": 16, "dropout": 0.5, "torchvision_compatible": True})
+       for name, backbone in (("mobilenet_v3_large", "mobilenetv3_large"), ("mobilenet_v2", "mobilenetv2"))},
+}
+# what a classifier's state dict has beyond the backbone (the converter skips it)
+CLASSIFIER_HEADS = {"resnet50": ("fc",), "resnet101": ("fc",), "mobilenet_v3_large": ("classifier.0", "classifier.3"),
+                    "mobilenet_v2": ("features.18.0", "features.18.1", "classifier.1")}
 # Sizes of the torchvision comparison (two, odd ones among them): MobileNets at LR-ASPP's, ResNet-50 models small
 # but with ASPP's rate 12 inside the stride-8 features (15 x 17), ResNet-101 models smaller still.
 TORCH_SIZES = {"lraspp_mobilenet_v3_large": ("224x224", "161x193"),
                "deeplabv3_mobilenet_v3_large": ("224x224", "161x193"),
                "deeplabv3_resnet50": ("64x64", "113x135"), "fcn_resnet50": ("64x64", "113x135"),
-               "deeplabv3_resnet101": ("64x64", "49x71"), "fcn_resnet101": ("64x64", "49x71")}
+               "deeplabv3_resnet101": ("64x64", "49x71"), "fcn_resnet101": ("64x64", "49x71"),
+               "resnet50": ("64x64", "113x135"), "resnet101": ("64x64", "49x71"),
+               "mobilenet_v3_large": ("224x224", "161x193"), "mobilenet_v2": ("224x224", "161x193")}
 
 
 def torch_tensors(model, names):
     """The state dict torchvision would have for `model`'s weights (the converter's mapping run backwards; names
-    from `torchvision.names_of(model)` for any torchvision-compatible kseg model)."""
+    from `torchvision.names_of(model)` for any torchvision-compatible kseg model, `torchvision.backbone_names` for
+    its backbone alone)."""
     tensors = {}
     for layer in model.layers:
-        if not layer.weights:
+        if not layer.weights or layer.name not in names:
             continue
         module, values = names[layer.name], layer.get_weights()
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -69,9 +83,9 @@ def torch_tensors(model, names):
 
 def torchvision_like(name):
     """The kseg model that torchvision's `name` converts to (4 classes) with random batch-norm statistics, and its
-    weights as torchvision names."""
+    weights as torchvision names (an ImageNet classifier's: the backbone's, and a classification head)."""
     keras.utils.set_random_seed(0)
-    architecture, args = CONVERTED[name]
+    architecture, args = {**CONVERTED, **BACKBONES}[name]
     model = kseg.models.get(architecture, 4, **args)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -79,7 +93,12 @@ def torchvision_like(name):
             gamma, beta, mean, variance = layer.get_weights()
             layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
                                rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)])
-    return model, torch_tensors(model, torchvision.names_of(model))
+    if name in CONVERTED:
+        return model, torch_tensors(model, torchvision.names_of(model))
+    tensors = torch_tensors(model, torchvision.backbone_names(model, imagenet.CLASSIFIERS[name][2]))
+    tensors.update({f"{module}.{part}": np.ones(3, "float32") for module in CLASSIFIER_HEADS[name]
+                    for part in ("weight", "bias")})
+    return model, tensors
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +117,25 @@ def test_the_mapping_covers_every_tensor_and_the_model_comes_back(name):
     assert (convert.SOURCES[f"torchvision:{name}"][1], args) == CONVERTED[name]
     image = np.random.default_rng(1).uniform(0, 255, (1, 49, 71, 3)).astype("float32")
     np.testing.assert_array_equal(np.asarray(converted(image)), np.asarray(model(image)))
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_imagenet_classifiers_come_back_as_backbones(name):
+    model, tensors = torchvision_like(name)
+    converted, args = convert.SOURCES[f"torchvision:{name}"][0](tensors, architecture="deeplabv3", num_classes=4)
+    assert args == BACKBONES[name][1]
+    image = np.random.default_rng(1).uniform(0, 255, (1, 49, 71, 3)).astype("float32")
+    ours, theirs = imagenet.backbone_model(converted), imagenet.backbone_model(model)
+    np.testing.assert_array_equal(np.asarray(ours(image)), np.asarray(theirs(image)))
+
+
+def test_imagenet_classifiers_go_where_torchvision_puts_them():
+    with pytest.raises(KsegError, match="torchvision:mobilenet_v2's weights go into deeplabv3, not 'lraspp'"):
+        convert.convert_model("mobilenet_v2", "unread.pth", architecture="lraspp")
+    with pytest.raises(KsegError, match="torchvision:fcn_resnet50 is a whole fcn32s model: .* not 'deeplabv3'"):
+        convert.convert_model("fcn_resnet50", "unread.pth", architecture="deeplabv3")
+    with pytest.raises(KsegError, match="^r50.pth: missing conv1.weight; missing bn1.weight, bn1.bias"):
+        imagenet.backbone_into("resnet50", {}, architecture="fcn32s", source="r50.pth")
 
 
 def test_resnet_tensors_that_do_not_fit_are_named_on_one_line():
@@ -167,6 +205,35 @@ def test_the_command_writes_a_model_folder(reference, tmp_path):
     assert config["provenance"]["converted_from"] == "torchvision:lraspp_mobilenet_v3_large"
 
 
+def test_the_command_puts_an_imagenet_backbone_under_a_fresh_head(tmp_path):
+    model, tensors = torchvision_like("mobilenet_v3_large")
+    np.savez(tmp_path / "mobilenet.npz", **tensors)
+    out = tmp_path / "lraspp"
+    assert main(["convert", "torchvision:mobilenet_v3_large", "--weights", str(tmp_path / "mobilenet.npz"),
+                 "--out", str(out), "--model", "lraspp", "--class-names", "a", "b", "c"]) == 0
+    config = kseg.models.pretrained.read_config(str(out))[1]
+    assert (config["architecture"], config["num_classes"], config["provenance"]["converted"]) == ("lraspp", 3,
+                                                                                                  "backbone")
+    image = np.random.default_rng(1).uniform(0, 255, (1, 64, 80, 3)).astype("float32")
+    ours = imagenet.backbone_model(kseg.models.from_pretrained(str(out)))
+    np.testing.assert_array_equal(np.asarray(ours(image)), np.asarray(imagenet.backbone_model(model)(image)))
+
+
+def features_of(name, model):
+    """What tests/torch_reference.py gives for torchvision's `name`: a segmentation model's logits, a classifier's
+    deepest features (MobileNetV2's at stride 32, where torchvision has it: kseg's own at 32, same weights)."""
+    if name in CONVERTED:
+        return model
+    if name != "mobilenet_v2":
+        return imagenet.backbone_model(model)
+    pixels = keras.Input((None, None, 3))
+    features = keras.Model(pixels, kseg.models.backbones.build("mobilenetv2", pixels, torchvision=True)[32])
+    for layer in features.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return features
+
+
 def torch_python():
     """KSEG_TORCH_PYTHON: an interpreter with torch and torchvision (.ci/run-style venv of its own)."""
     python = os.environ.get("KSEG_TORCH_PYTHON")
@@ -177,18 +244,18 @@ def torch_python():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(CONVERTED))
+@pytest.mark.parametrize("name", [*CONVERTED, *BACKBONES])
 def test_outputs_match_torchvision(name, tmp_path):
     python = torch_python()
     subprocess.run([python, os.path.join(HERE, "torch_reference.py"), name, str(tmp_path), *TORCH_SIZES[name]],
                    check=True, timeout=600)
     folder = convert.convert(name, weights=str(tmp_path / f"{name}.pth"), out_dir=str(tmp_path / "kseg"))
-    model = kseg.models.from_pretrained(folder)
+    model = features_of(name, kseg.models.from_pretrained(folder))
     with np.load(tmp_path / f"{name}.npz") as expected:
         for i in range(2):
             ours, theirs = np.asarray(model(expected[f"image{i}"])), expected[f"logits{i}"]
             assert ours.shape == theirs.shape
             error = float(np.abs(ours - theirs).max())
-            print(f"{name} {theirs.shape[1:3]}: max abs difference {error:.2e}, largest logit "
+            print(f"{name} {expected[f'image{i}'].shape[1:3]}: max abs difference {error:.2e}, largest |output| "
                   f"{np.abs(theirs).max():.2f}", file=sys.stderr)
             assert error <= TOLERANCE * float(np.abs(theirs).max())

@@ -46,7 +46,7 @@ class Backbone:
 
 
 BACKBONES = {
-    "mobilenetv2": Backbone(mobilenetv2, "MobileNetV2", **TF_STYLE, options=("alpha",)),
+    "mobilenetv2": Backbone(mobilenetv2, "MobileNetV2", **TF_STYLE, options=("alpha",), torchvision=True),
     "mobilenetv3_large": Backbone(mobilenetv3_large, "MobileNetV3Large", **TF_STYLE, options=("alpha", "minimalistic"),
                                   torchvision=True),
     "mobilenetv3_small": Backbone(mobilenetv3_small, "MobileNetV3Small", **TF_STYLE, options=("alpha", "minimalistic"),

@@ -14,37 +14,43 @@ _MOBILENETV2_STAGES = (
 )
 
 
-def _inverted_residual(x, expansion, filters, stride, rate, block_id):
+def _inverted_residual(x, expansion, filters, stride, rate, block_id, torchvision):
     prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
+    epsilon = 1e-5 if torchvision else 1e-3  # torch's BatchNorm2d default; keras.applications'
     in_channels = x.shape[-1]
     inputs = x
     if expansion != 1:
         x = layers.Conv2D(expansion * in_channels, 1, use_bias=False, name=prefix + "expand")(x)
-        x = batch_norm(prefix + "expand_BN")(x)
+        x = batch_norm(prefix + "expand_BN", epsilon)(x)
         x = layers.ReLU(6.0, name=prefix + "expand_relu")(x)
     expanded = x
+    x, padding = _strided(x, 3, stride, torchvision, prefix + "pad")
     x = layers.DepthwiseConv2D(
-        3, strides=stride, dilation_rate=rate, padding="same", use_bias=False, name=prefix + "depthwise"
+        3, strides=stride, dilation_rate=rate, padding=padding, use_bias=False, name=prefix + "depthwise"
     )(x)
-    x = batch_norm(prefix + "depthwise_BN")(x)
+    x = batch_norm(prefix + "depthwise_BN", epsilon)(x)
     x = layers.ReLU(6.0, name=prefix + "depthwise_relu")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, name=prefix + "project")(x)
-    x = batch_norm(prefix + "project_BN")(x)
+    x = batch_norm(prefix + "project_BN", epsilon)(x)
     if stride == 1 and in_channels == filters:
         x = layers.Add(name=prefix + "add")([inputs, x])
     return expanded, x
 
 
-def mobilenetv2(x, schedule, alpha=1.0):
+def mobilenetv2(x, schedule, alpha=1.0, torchvision=False):
     """MobileNetV2 (Sandler et al. 2018) with keras.applications layer names; `alpha` is the width multiplier.
 
     Features: the widest map at each stride (the expansion before each strided block), and the
     320-channel last block at the output stride (the 1280-channel head is not built).
+    `torchvision=True` computes what torchvision's `mobilenet_v2` does (its ImageNet weights convert): stride-2
+    convolutions padded on every side, batch norm at epsilon 1e-5. torchvision has no dilated MobileNetV2;
+    past the output stride this one dilates as without the option.
     """
     features = {}
     strides, _ = schedule(2)
-    x = layers.Conv2D(make_divisible(32 * alpha), 3, strides=strides, padding="same", use_bias=False, name="Conv1")(x)
-    x = batch_norm("bn_Conv1")(x)
+    x, padding = _strided(x, 3, strides, torchvision, "Conv1_pad")
+    x = layers.Conv2D(make_divisible(32 * alpha), 3, strides=strides, padding=padding, use_bias=False, name="Conv1")(x)
+    x = batch_norm("bn_Conv1", 1e-5 if torchvision else 1e-3)(x)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)
     block_id = 0
     for expansion, channels, repeats, first_stride in _MOBILENETV2_STAGES:
@@ -53,7 +59,7 @@ def mobilenetv2(x, schedule, alpha=1.0):
             stride_before = schedule.stride
             strides, rate = schedule(stride)
             filters = make_divisible(int(channels * alpha))
-            expanded, x = _inverted_residual(x, expansion, filters, strides, rate, block_id)
+            expanded, x = _inverted_residual(x, expansion, filters, strides, rate, block_id, torchvision)
             if strides > 1:
                 features[stride_before] = expanded
             block_id += 1

@@ -1,30 +1,41 @@
 """Weights from other libraries onto kseg's builders, one package per source (`torchvision`: LR-ASPP, DeepLabV3
-and FCN), read from files (`state_dict`: PyTorch's own format without PyTorch, safetensors, npz) and written as
-kseg model folders.
+and FCN whole, ResNet and MobileNet ImageNet classifiers as backbones), read from files (`state_dict`: PyTorch's
+own format without PyTorch, safetensors, npz) and written as kseg model folders.
 
     kseg.models.convert.convert("torchvision:lraspp_mobilenet_v3_large", weights="lraspp.pth", out_dir="lraspp")
     kseg.models.from_pretrained("lraspp")  # takes [0, 255] RGB; torchvision's normalisation is inside
 
 The command line: `kseg convert torchvision:lraspp_mobilenet_v3_large --weights lraspp.pth --out lraspp`;
-`kseg convert deeplabv3_resnet50 --weights deeplabv3_resnet50_coco-cd0a2569.pth --out deeplabv3` (see `names()`).
+`kseg convert deeplabv3_resnet50 --weights deeplabv3_resnet50_coco-cd0a2569.pth --out deeplabv3` (see `names()`);
+`kseg convert torchvision:resnet50 --weights resnet50-11ad3fa6.pth --out start --model fcn32s --num-classes 3`
+(an ImageNet backbone under a fresh head: `kseg train --init start` fine-tunes it).
 """
 
+import functools
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 
 from kseg.errors import KsegError
 from kseg.models import pretrained
 from kseg.models.convert import state_dict, torchvision
+from kseg.models.convert.torchvision import imagenet
 
-# "library:model" -> (converter(tensors, input_shape, source) -> (model, builder arguments), kseg architecture)
-SOURCES = {
+# "library:model" -> (converter, kseg architecture). A whole segmentation model converts into its one architecture:
+# converter(tensors, input_shape=, source=) -> (model, builder arguments). An ImageNet classifier's weights become
+# a backbone: the architectures it can go under (the default first), and the converter also takes architecture=
+# and num_classes= (`torchvision.imagenet.backbone_into`).
+SOURCES: dict[str, tuple[Callable, str | tuple]] = {
     "torchvision:lraspp_mobilenet_v3_large": (torchvision.lraspp_mobilenet_v3_large, "lraspp"),
     "torchvision:deeplabv3_mobilenet_v3_large": (torchvision.deeplabv3_mobilenet_v3_large, "deeplabv3"),
     "torchvision:deeplabv3_resnet50": (torchvision.deeplabv3_resnet50, "deeplabv3"),
     "torchvision:deeplabv3_resnet101": (torchvision.deeplabv3_resnet101, "deeplabv3"),
     "torchvision:fcn_resnet50": (torchvision.fcn_resnet50, "fcn32s"),
     "torchvision:fcn_resnet101": (torchvision.fcn_resnet101, "fcn32s"),
+    **{f"torchvision:{name}": (functools.partial(imagenet.backbone_into, name), imagenet.architectures(name))
+       for name in imagenet.CLASSIFIERS},
 }
+DEFAULT_CLASSES = 21  # a backbone's fresh head: torchvision's segmentation builders' default (Pascal VOC)
 
 
 def names() -> list:
@@ -39,27 +50,55 @@ def source_of(name: str) -> str:
     return matches[0]
 
 
-def convert_model(source: str, weights: str, input_shape: tuple = (None, None, 3)) -> tuple:
-    """(kseg model, architecture, builder arguments) with the weights of `source`'s file `weights`."""
+def convert_model(source: str, weights: str, input_shape: tuple = (None, None, 3), architecture: str | None = None,
+                  num_classes: int | None = None) -> tuple:
+    """(kseg model, architecture, builder arguments) with the weights of `source`'s file `weights`. A whole
+    segmentation model keeps its architecture and classes; an ImageNet classifier's weights go into the backbone
+    of `architecture` (default: the first `SOURCES` names) with `num_classes` classes (default 21).
+
+    Example:
+
+        model, architecture, args = convert_model("resnet50", "resnet50-11ad3fa6.pth", architecture="fcn32s")
+    """
     full = source_of(source)
-    build, architecture = SOURCES[full]
-    model, args = build(state_dict.read(weights), input_shape=input_shape, source=f"{weights} ({full})")
+    build, into = SOURCES[full]
+    label = f"{weights} ({full})"
+    if isinstance(into, str):
+        if architecture not in (None, into):
+            raise KsegError(f"{full} is a whole {into} model: it converts into {into}, not {architecture!r}")
+        if num_classes is not None:
+            raise KsegError(f"{full} has its weights' classes; kseg train --init on the converted folder changes them")
+        model, args = build(state_dict.read(weights), input_shape=input_shape, source=label)
+        return model, into, args
+    architecture = architecture or into[0]
+    if architecture not in into:
+        raise KsegError(f"{full}'s weights go into {' or '.join(into)}, not {architecture!r}")
+    model, args = build(state_dict.read(weights), architecture=architecture, input_shape=input_shape, source=label,
+                        num_classes=num_classes or DEFAULT_CLASSES)
     return model, architecture, args
 
 
-def convert(source: str, *, weights: str, out_dir: str, class_names=None, overwrite: bool = False) -> str:
+def convert(source: str, *, weights: str, out_dir: str, class_names: Sequence[str] | None = None,
+            overwrite: bool = False, architecture: str | None = None, num_classes: int | None = None) -> str:
     """Converts the weights file of `source` (see `names()`) into a kseg model folder at `out_dir`; returns it.
+    An ImageNet classifier's weights go under a fresh head of `architecture` with `num_classes` classes (default:
+    one per class name, else 21); its provenance says `"converted": "backbone"`.
 
     Example:
 
         kseg.models.convert.convert("lraspp_mobilenet_v3_large", weights="lraspp.pth", out_dir="/tmp/lraspp")
     """
-    model, architecture, args = convert_model(source, weights)
+    backbone_only = not isinstance(SOURCES[source_of(source)][1], str)
+    if backbone_only and num_classes is None and class_names:
+        num_classes = len(class_names)
+    model, architecture, args = convert_model(source, weights, architecture=architecture, num_classes=num_classes)
     with open(weights, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    record = {"converted_from": source_of(source), "weights": os.path.abspath(weights), "weights_sha256": digest}
+    record = {"converted_from": source_of(source), "weights": os.path.abspath(weights), "weights_sha256": digest,
+              **({"converted": "backbone"} if backbone_only else {})}
     return pretrained.save_pretrained(model, out_dir, architecture=architecture, builder_args=args,
                                       class_names=class_names, provenance=record, overwrite=overwrite)
 
 
-__all__ = ["SOURCES", "convert", "convert_model", "names", "source_of", "state_dict", "torchvision"]
+__all__ = ["DEFAULT_CLASSES", "SOURCES", "convert", "convert_model", "names", "source_of", "state_dict",
+           "torchvision"]

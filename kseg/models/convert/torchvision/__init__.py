@@ -11,7 +11,9 @@ corner alignment as in torchvision:
 - `deeplabv3_mobilenet_v3_large` (output stride 16), `deeplabv3_resnet50`, `deeplabv3_resnet101` (output
   stride 8) -> `kseg.models.deeplabv3` (Chen et al. 2017, arXiv:1706.05587), ASPP rates (12, 24, 36);
 - `fcn_resnet50`, `fcn_resnet101` -> `kseg.models.fcn32s` with a ResNet at output stride 8 and torchvision's
-  FCNHead (Long et al. 2015, arXiv:1411.4038, as torchvision builds it).
+  FCNHead (Long et al. 2015, arXiv:1411.4038, as torchvision builds it);
+- the ImageNet classifiers `resnet50`, `resnet101`, `mobilenet_v3_large`, `mobilenet_v2` -> the backbone of one
+  of those under a fresh head (`imagenet.backbone_into`).
 
 The auxiliary heads of torchvision's DeepLabV3 and FCN weights (`aux_classifier.*`, used in training only) are
 skipped deliberately: the converted model is torchvision's `out`, and the tensors are not reported.
@@ -21,7 +23,12 @@ import keras
 
 from kseg.errors import KsegError
 from kseg.models import registry
-from kseg.models.convert.torchvision.backbone_names import backbone_names, mobilenetv3_names, resnet_names
+from kseg.models.convert.torchvision.backbone_names import (
+    backbone_names,
+    mobilenetv2_names,
+    mobilenetv3_names,
+    resnet_names,
+)
 from kseg.models.convert.torchvision.head_names import AUX_PREFIX, deeplabv3_names, fcn_names, lraspp_names
 from kseg.models.convert.torchvision.loading import BN_TENSORS, load_into
 
@@ -162,5 +169,5 @@ def names_of(model: keras.Model) -> dict:
 
 __all__ = ["BN_TENSORS", "MOBILENET_EPSILONS", "RESNET_EPSILONS", "backbone_names", "deeplabv3_mobilenet_v3_large",
            "deeplabv3_names", "deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_names", "fcn_resnet50",
-           "fcn_resnet101", "load_into", "lraspp_mobilenet_v3_large", "lraspp_names", "mobilenetv3_names",
-           "names_of", "resnet_names"]
+           "fcn_resnet101", "load_into", "lraspp_mobilenet_v3_large", "lraspp_names", "mobilenetv2_names",
+           "mobilenetv3_names", "names_of", "resnet_names"]

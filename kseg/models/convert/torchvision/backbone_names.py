@@ -1,11 +1,11 @@
-"""{kseg layer: torchvision module} of the backbones kseg builds with `torchvision=True`: MobileNetV3
-(torchvision/models/mobilenetv3.py, its `features` Sequential) and ResNet v1.5 (torchvision/models/resnet.py).
+"""{kseg layer: torchvision module} of the backbones kseg builds with `torchvision=True`: MobileNetV3 and MobileNetV2
+(torchvision/models/mobilenetv{3,2}.py, their `features` Sequential) and ResNet v1.5 (torchvision/models/resnet.py).
 
     names = resnet_names(kseg.models.deeplabv3(21, output_stride=8, torchvision_compatible=True))
     names["conv3_block1_0_conv"]  # 'backbone.layer2.0.downsample.0'
 
 `prefix` is where the backbone sits in the state dict: "backbone." in the segmentation models (the backbone
-wrapped in an IntermediateLayerGetter), "" for an ImageNet ResNet, "features." for an ImageNet MobileNetV3.
+wrapped in an IntermediateLayerGetter), "" for an ImageNet ResNet, "features." for an ImageNet MobileNet.
 """
 
 import re
@@ -44,6 +44,20 @@ def mobilenetv3_names(model: keras.Model, prefix: str = "backbone.") -> dict:
     return names
 
 
+def mobilenetv2_names(model: keras.Model, prefix: str = "features.") -> dict:
+    """{kseg layer name: torchvision module name} of the MobileNetV2 in `model` (kseg builds no 1280-channel last
+    convolution: torchvision's last `features` layer has no counterpart)."""
+    names = {"Conv1": f"{prefix}0.0", "bn_Conv1": f"{prefix}0.1"}
+    for layer in model.layers:
+        if m := re.fullmatch(r"(?:expanded_conv|block_(\d+))_(expand|depthwise|project)(_BN)?", layer.name):
+            block, part, bn = int(m.group(1) or 0), m.group(2), int(bool(m.group(3)))
+            # torchvision's `conv`: [expand conv-BN-ReLU6,] depthwise conv-BN-ReLU6, project conv, project BN
+            index = {"expand": 0, "depthwise": int(block > 0), "project": 1 + int(block > 0)}[part]
+            torch = f"{prefix}{block + 1}.conv"
+            names[layer.name] = f"{torch}.{index + bn}" if part == "project" else f"{torch}.{index}.{bn}"
+    return names
+
+
 # the layers of a kseg bottleneck (conv{stage}_block{block}_{part}_{kind}) in a torchvision Bottleneck
 _BOTTLENECK = {("0", "conv"): "downsample.0", ("0", "bn"): "downsample.1", ("1", "conv"): "conv1",
                ("1", "bn"): "bn1", ("2", "conv"): "conv2", ("2", "bn"): "bn2", ("3", "conv"): "conv3",
@@ -62,7 +76,8 @@ def resnet_names(model: keras.Model, prefix: str = "backbone.") -> dict:
 
 
 def backbone_names(model: keras.Model, prefix: str = "backbone.") -> dict:
-    """The names of `model`'s backbone, a ResNet's or a MobileNetV3's (whichever `model` has)."""
-    if any(layer.name == "conv1_conv" for layer in model.layers):
+    """The names of `model`'s backbone, a ResNet's, a MobileNetV2's or a MobileNetV3's (whichever `model` has)."""
+    layers = {layer.name for layer in model.layers}
+    if "conv1_conv" in layers:
         return resnet_names(model, prefix)
-    return mobilenetv3_names(model, prefix)
+    return mobilenetv2_names(model, prefix) if "Conv1" in layers else mobilenetv3_names(model, prefix)

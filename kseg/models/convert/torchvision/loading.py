@@ -4,8 +4,9 @@
 
 Convolutions are transposed (OIHW -> HWIO; depthwise (C, 1, kh, kw) -> (kh, kw, C, 1)); batch norm takes
 weight, bias, running_mean and running_var, and must have the epsilon its torch module had. Every kseg weight
-must be set and every tensor used, but `num_batches_tracked` and the prefixes a converter deliberately skips
-(torchvision's auxiliary heads: `ignore=("aux_classifier.",)`); anything else is a one-line KsegError.
+must be set (but with `mapped_only`) and every tensor used, but `num_batches_tracked` and the prefixes a converter
+deliberately skips (torchvision's auxiliary heads: `ignore=("aux_classifier.",)`); anything else is a one-line
+KsegError.
 """
 
 from collections.abc import Sequence
@@ -27,10 +28,11 @@ def _kernel(array, layer):
 
 
 def load_into(model: keras.Model, tensors: dict, names: dict, epsilons: dict, source: str,
-              ignore: Sequence[str] = ()) -> None:
+              ignore: Sequence[str] = (), mapped_only: bool = False) -> None:
     """Sets every weight of `model` from `tensors` as `names` maps its layers; a KsegError naming the tensors that
     are missing, left over (but for names starting with one of `ignore`), or of the wrong shape, and any batch norm
     whose epsilon is not the source's (`epsilons`: by the module name's first part, else 1e-5, torch's default).
+    `mapped_only`: the layers `names` leaves out keep their weights (a backbone's tensors into a whole model).
 
     Example:
 
@@ -43,6 +45,8 @@ def load_into(model: keras.Model, tensors: dict, names: dict, epsilons: dict, so
         if not layer.weights:
             continue
         if layer.name not in names:
+            if mapped_only:
+                continue
             raise KsegError(f"{source}: kseg layer {layer.name} has no torchvision counterpart")
         module = names[layer.name]
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
