@@ -16,6 +16,7 @@ from kseg.models.custom_layers import (
     BilinearUpsampling,
     CropLike,
     ResizeLike,
+    TorchResizeLike,
     spatial_size,
 )
 
@@ -34,6 +35,15 @@ def resize_like(x, reference, interpolation="bilinear", name=None):
         if ref_h % h == 0 and ref_w % w == 0 and ref_h // h == ref_w // w:
             return layers.UpSampling2D(ref_h // h, interpolation=interpolation, name=name)(x)
     return ResizeLike(interpolation, name=name)([x, reference])
+
+
+def torch_resize_like(x, reference, interpolation="nearest", align_corners=False, name=None):
+    """Resizes `x` to `reference`'s spatial size as PyTorch's `F.interpolate` does (`TorchResizeLike`), for graphs
+    that compute what a PyTorch model computes; a tensor that already has the size passes through untouched."""
+    (h, w), (ref_h, ref_w) = spatial_size(x), spatial_size(reference)
+    if None not in (h, w, ref_h, ref_w) and (h, w) == (ref_h, ref_w):
+        return x
+    return TorchResizeLike(interpolation, align_corners=align_corners, name=name)([x, reference])
 
 
 NORMALIZATIONS = ("batch", "group", "layer", "none", None)
@@ -125,9 +135,10 @@ def aspp(x, filters=256, rates=(6, 12, 18), separable=True, dropout=0.1, name="a
     return x
 
 
-def classifier(x, num_classes, name="classifier"):
-    """The final 1x1 convolution to per-class logits (float32 even under mixed precision)."""
-    return layers.Conv2D(num_classes, 1, dtype="float32", name=name)(x)
+def classifier(x, num_classes, name="classifier", kernel_size=1):
+    """The final convolution to per-class logits, 1x1 unless told (float32 even under mixed precision)."""
+    padding = "same" if kernel_size > 1 else "valid"  # a 1x1 one as before (its config unchanged)
+    return layers.Conv2D(num_classes, kernel_size, padding=padding, dtype="float32", name=name)(x)
 
 
 def pixel_input(input_shape, name="image"):

@@ -2,6 +2,7 @@
 to builtins-only LiteRT. Each is registered for `.keras` files and has `get_config`.
 
 - `ResizeLike`: resize to a reference tensor's size (any input size, odd ones too, with no divisibility assumed).
+- `TorchResizeLike`: the same, computed as PyTorch's `F.interpolate` computes it (converted PyTorch models).
 - `CropLike`: crop to a reference tensor's size (FCN's score maps after learned upsampling).
 - `BatchNormalization`: Keras's, trained faster.
 - `BilinearUpsampling`: an initializer that starts a transposed convolution as bilinear upsampling (FCN).
@@ -43,6 +44,53 @@ class ResizeLike(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "interpolation": self.interpolation}
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class TorchResizeLike(layers.Layer):
+    """Resizes `x` to `reference`'s spatial size as PyTorch's `F.interpolate(x, size=..., mode=interpolation,
+    align_corners=align_corners)` does (aten/src/ATen/native/UpSample.h), for graphs converted from PyTorch:
+    "nearest" picks source index floor(i * in / out) (torch's legacy nearest, not Keras's half-pixel one: they
+    differ where out / in is no integer); "bilinear" samples at (i + 0.5) * in / out - 0.5, or at
+    i * (in - 1) / (out - 1) with `align_corners=True` (which `ops.image.resize` lacks). One gather per axis (and
+    a blend for bilinear), static or dynamic sizes, any backend. Channels-last.
+
+        up = TorchResizeLike("bilinear", align_corners=True, name="up")([x, reference])
+    """
+
+    def __init__(self, interpolation="nearest", align_corners=False, **kwargs):
+        super().__init__(**kwargs)
+        self.interpolation, self.align_corners = interpolation, align_corners
+
+    def call(self, inputs):
+        x, reference = inputs
+        x = _torch_resize_axis(x, ops.shape(reference)[1], 1, self.interpolation, self.align_corners)
+        return _torch_resize_axis(x, ops.shape(reference)[2], 2, self.interpolation, self.align_corners)
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "interpolation": self.interpolation, "align_corners": self.align_corners}
+
+
+def _torch_resize_axis(x, size, axis, interpolation, align_corners):
+    """`x` resized along `axis` to `size` with torch's source coordinates, in float32 as torch computes them."""
+    in_size = ops.shape(x)[axis]
+    target = ops.cast(ops.arange(size), "float32")
+    in_float, out_float = ops.cast(in_size, "float32"), ops.cast(size, "float32")
+    if interpolation == "nearest":
+        return ops.take(x, ops.minimum(ops.cast(ops.floor(target * (in_float / out_float)), "int32"), in_size - 1),
+                        axis=axis)
+    if align_corners:
+        source = target * ((in_float - 1.0) / ops.maximum(out_float - 1.0, 1.0))
+    else:
+        source = ops.maximum((target + 0.5) * (in_float / out_float) - 0.5, 0.0)
+    low = ops.cast(ops.floor(source), "int32")
+    weight = ops.reshape(source - ops.cast(low, "float32"), [-1 if i == axis else 1 for i in range(4)])
+    below, above = ops.take(x, low, axis=axis), ops.take(x, ops.minimum(low + 1, in_size - 1), axis=axis)
+    return below * ops.cast(1.0 - weight, x.dtype) + above * ops.cast(weight, x.dtype)
 
 
 def spatial_size(x):
