@@ -51,10 +51,20 @@ def options(name, value):
 def torchvision_compatible(value, backbone_weights):
     """A builder's `torchvision_compatible`: a bool, and then no `backbone_weights` (torchvision's weights come in
     through `kseg.models.convert`)."""
+    _compatible("torchvision_compatible", "torchvision's", value, backbone_weights)
+
+
+def smp_compatible(value, backbone_weights):
+    """A builder's `smp_compatible`: a bool, and then no `backbone_weights` (segmentation_models_pytorch's weights
+    come in through `kseg.models.convert`)."""
+    _compatible("smp_compatible", "segmentation_models_pytorch's", value, backbone_weights)
+
+
+def _compatible(name, weights, value, backbone_weights):
     if not isinstance(value, bool):
-        raise ArgumentError(f"torchvision_compatible must be True or False, got {value!r}")
+        raise ArgumentError(f"{name} must be True or False, got {value!r}")
     if value and backbone_weights is not None:
-        raise ArgumentError("torchvision_compatible takes torchvision's weights (kseg.models.convert), "
+        raise ArgumentError(f"{name} takes {weights} weights (kseg.models.convert), "
                             f"not backbone_weights={backbone_weights!r}")
 
 

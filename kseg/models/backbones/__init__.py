@@ -27,7 +27,7 @@ from kseg.models.backbones.common import (
     normalize,
 )
 from kseg.models.backbones.mobilenet import mobilenetv2, mobilenetv3_large, mobilenetv3_small
-from kseg.models.backbones.resnet import resnet50, resnet101
+from kseg.models.backbones.resnet import resnet34, resnet50, resnet101
 from kseg.models.backbones.vgg import VGG16_STAGES, vgg16, vgg16_bn
 from kseg.models.backbones.xception import xception
 
@@ -43,16 +43,19 @@ class Backbone:
     bgr: bool = False  # the weights expect BGR channel order (Caffe-trained)
     options: tuple = ()  # extra keyword options the builder takes (e.g. "alpha")
     torchvision: bool = False  # the builder takes torchvision=True: torchvision's graph, for its weights
+    smp: bool = False  # the builder takes smp=True: segmentation_models_pytorch's encoder, for its weights
 
 
 BACKBONES = {
-    "mobilenetv2": Backbone(mobilenetv2, "MobileNetV2", **TF_STYLE, options=("alpha",), torchvision=True),
+    "mobilenetv2": Backbone(mobilenetv2, "MobileNetV2", **TF_STYLE, options=("alpha",), torchvision=True, smp=True),
     "mobilenetv3_large": Backbone(mobilenetv3_large, "MobileNetV3Large", **TF_STYLE, options=("alpha", "minimalistic"),
                                   torchvision=True),
     "mobilenetv3_small": Backbone(mobilenetv3_small, "MobileNetV3Small", **TF_STYLE, options=("alpha", "minimalistic"),
                                   torchvision=True),
-    "resnet50": Backbone(resnet50, "ResNet50", **CAFFE_STYLE, torchvision=True),
-    "resnet101": Backbone(resnet101, "ResNet101", **CAFFE_STYLE, torchvision=True),
+    # keras.applications has no ResNet-34: no ImageNet weights but torchvision's and SMP's (kseg.models.convert)
+    "resnet34": Backbone(resnet34, None, **TORCH_STYLE, torchvision=True, smp=True),
+    "resnet50": Backbone(resnet50, "ResNet50", **CAFFE_STYLE, torchvision=True, smp=True),
+    "resnet101": Backbone(resnet101, "ResNet101", **CAFFE_STYLE, torchvision=True, smp=True),
     "vgg16": Backbone(vgg16, "VGG16", **CAFFE_STYLE, options=("width",)),
     "vgg16_bn": Backbone(vgg16_bn, None, **TORCH_STYLE, options=("width",)),
     "xception": Backbone(xception, "Xception", **TF_STYLE),
@@ -115,25 +118,30 @@ def get(name):
         raise KsegError(f"unknown backbone {name!r}; available: {', '.join(names())}") from None
 
 
-def build(name, pixels, output_stride=32, weights=None, torchvision=False, **options):
+def build(name, pixels, output_stride=32, weights=None, torchvision=False, smp=False, **options):
     """Normalises `pixels` ([0, 255] RGB) and returns the backbone's features as {stride: tensor}.
 
     `weights`: None, "imagenet" (downloaded once by Keras, then cached) or a path to a weights file
     of the matching `keras.applications` model (include_top=False).
     `torchvision=True`: torchvision's graph of the backbone (where `BACKBONES` says it has one) after torchvision's
     ImageNet normalisation, for weights converted from torchvision (`kseg.models.convert`), not `weights`.
+    `smp=True`: segmentation_models_pytorch's encoder of that name (where `BACKBONES` says it has one; SMP's own
+    ResNets and MobileNetV2 are torchvision's, dilated its own way and with its own features) after the same
+    normalisation (SMP's ImageNet preprocessing), for weights converted from SMP, not `weights`.
     """
     spec = get(name)
     unknown = set(options) - set(spec.options)
     if unknown:
         raise KsegError(f"backbone {name!r} does not take {sorted(unknown)}; it takes {list(spec.options)}")
-    if torchvision:
-        if not spec.torchvision:
-            raise KsegError(f"backbone {name!r} has no torchvision variant; these do: "
-                            f"{', '.join(n for n in names() if BACKBONES[n].torchvision)}")
+    if torchvision or smp:
+        library, flag = ("segmentation_models_pytorch", "smp") if smp else ("torchvision", "torchvision")
+        if not getattr(spec, flag):
+            raise KsegError(f"backbone {name!r} has no {library} variant; these do: "
+                            f"{', '.join(n for n in names() if getattr(BACKBONES[n], flag))}")
         if weights is not None:
-            raise KsegError(f"a torchvision backbone takes weights converted from torchvision, not {weights!r}")
-        return spec.build(normalize(pixels, **TORCH_STYLE), AtrousSchedule(output_stride), torchvision=True, **options)
+            raise KsegError(f"a {library} backbone takes weights converted from {library}, not {weights!r}")
+        variant = {"smp": True} if smp else {"torchvision": True}
+        return spec.build(normalize(pixels, **TORCH_STYLE), AtrousSchedule(output_stride), **variant, **options)
     features = spec.build(normalize(pixels, spec.mean, spec.std, spec.bgr), AtrousSchedule(output_stride), **options)
     if weights is not None:
         load_weights(name, keras.Model(pixels, features[max(features)]), weights, **options)

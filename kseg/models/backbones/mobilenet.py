@@ -37,16 +37,26 @@ def _inverted_residual(x, expansion, filters, stride, rate, block_id, torchvisio
     return expanded, x
 
 
-def mobilenetv2(x, schedule, alpha=1.0, torchvision=False):
+# The blocks whose outputs SMP's MobileNetV2 encoder gives (encoders/mobilenet.py: `_out_indexes` 1, 3, 6, 13 of
+# torchvision's `features`, block b being features[b + 1]): each stage's last at strides 2 to 16; then features[18]
+SMP_BLOCKS = (0, 2, 5, 12)
+
+
+def mobilenetv2(x, schedule, alpha=1.0, torchvision=False, smp=False):
     """MobileNetV2 (Sandler et al. 2018) with keras.applications layer names; `alpha` is the width multiplier.
 
     Features: the widest map at each stride (the expansion before each strided block), and the
-    320-channel last block at the output stride (the 1280-channel head is not built).
+    320-channel last block at the output stride (the 1280-channel last convolution is built with `smp` only).
     `torchvision=True` computes what torchvision's `mobilenet_v2` does (its ImageNet weights convert): stride-2
     convolutions padded on every side, batch norm at epsilon 1e-5. torchvision has no dilated MobileNetV2;
     past the output stride this one dilates as without the option.
+    `smp=True` computes segmentation_models_pytorch's `mobilenet_v2` encoder (encoders/mobilenet.py): torchvision's
+    graph with its last 1x1 convolution (Conv_1, 1280 channels, ReLU6); SMP's features (the outputs of
+    `SMP_BLOCKS`, then Conv_1's at the output stride); dilated as SMP's `make_dilated` (encoders/_base.py)
+    dilates, the block that gives up its stride at the new rate too.
     """
     features = {}
+    torchvision = torchvision or smp
     strides, _ = schedule(2)
     x, padding = _strided(x, 3, strides, torchvision, "Conv1_pad")
     x = layers.Conv2D(make_divisible(32 * alpha), 3, strides=strides, padding=padding, use_bias=False, name="Conv1")(x)
@@ -59,10 +69,17 @@ def mobilenetv2(x, schedule, alpha=1.0, torchvision=False):
             stride_before = schedule.stride
             strides, rate = schedule(stride)
             filters = make_divisible(int(channels * alpha))
-            expanded, x = _inverted_residual(x, expansion, filters, strides, rate, block_id, torchvision)
-            if strides > 1:
+            expanded, x = _inverted_residual(x, expansion, filters, strides, schedule.rate if smp else rate,
+                                             block_id, torchvision)
+            if strides > 1 and not smp:
                 features[stride_before] = expanded
+            if smp and block_id in SMP_BLOCKS:
+                features[schedule.stride] = x
             block_id += 1
+    if smp:  # torchvision's last `features` layer, 1280 channels (more for alpha > 1)
+        x = layers.Conv2D(make_divisible(1280 * max(alpha, 1.0)), 1, use_bias=False, name="Conv_1")(x)
+        x = batch_norm("Conv_1_bn", 1e-5)(x)
+        x = layers.ReLU(6.0, name="out_relu")(x)
     features[schedule.stride] = x
     return features
 
