@@ -15,6 +15,8 @@ from kseg.models import arguments, backbones, blocks
 from kseg.models.registry import register
 
 DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
+SMP_RATES = (12, 24, 36)  # SMP's `decoder_atrous_rates` default, at output stride 8 and 16 alike
+SMP_EPSILON = 1e-5  # torch's BatchNorm2d default, in SMP's decoder and encoders alike
 
 
 @register(
@@ -36,6 +38,7 @@ def deeplabv3plus(
     low_level_filters: int = 48,
     low_level_stride: int = 4,
     dropout: float = 0.1,
+    smp_compatible: bool = False,
     name: str = "deeplabv3plus",
 ) -> keras.Model:
     """Builds DeepLabV3+: an atrous backbone, ASPP with image pooling, and a decoder fed low-level features.
@@ -52,6 +55,26 @@ def deeplabv3plus(
         aspp_filters, decoder_filters: channels of ASPP and of the decoder's separable convolutions.
         low_level_filters: channels the stride-`low_level_stride` features are projected to (48 in the paper).
         dropout: dropout after the ASPP projection.
+        smp_compatible: compute exactly what segmentation_models_pytorch's `DeepLabV3Plus` (decoders/deeplabv3/
+            decoder.py and model.py, SMP 0.6.0) does on its encoder `backbone` ("resnet34", "resnet50",
+            "resnet101" or "mobilenetv2"), so its weights convert (`kseg.models.convert`). Its decoder is not
+            this builder's (which follows the paper and the TF DeepLab), so the option builds it instead: SMP's
+            encoder (`kseg.models.backbones.build(smp=True)`) after its ImageNet normalisation, at output stride
+            16 (SMP's default) or 8; ASPP at rates (12, 24, 36) when `atrous_rates` is None, its branches
+            separable convolutions as SMP's SeparableConv2d (depthwise then pointwise, no batch norm between,
+            then BN-ReLU), followed by one more such 3x3 convolution of `aspp_filters` channels; an upsampling
+            to the stride-4 features (SMP's x4 or x2) and one to the input's size (SMP's head, x4), both bilinear
+            with aligned corners (`blocks.torch_resize_like`); the stride-4 features of SMP's encoder projected
+            to `low_level_filters` (48 in SMP), then ONE separable 3x3 convolution of `decoder_filters` channels
+            (SMP's `decoder_channels` is both `aspp_filters` and `decoder_filters`) and a 1x1 classifier; batch
+            norm at 1e-5 throughout; `dropout` 0.5 in SMP. No `backbone_weights`.
+        name: the model's name.
+
+    Example:
+
+        model = kseg.models.deeplabv3plus(2, backbone="resnet34", atrous_rates=(12, 24, 36), dropout=0.5,
+                                          smp_compatible=True)
+        logits = model(numpy.zeros((1, 64, 96, 3), "float32"))  # (1, 64, 96, 2)
     """
     arguments.common(num_classes, name)
     arguments.one_of("output_stride", output_stride, DEFAULT_RATES)
@@ -63,13 +86,21 @@ def deeplabv3plus(
         arguments.positive_int(argument, value)
     arguments.rate("dropout", dropout)
     arguments.options("backbone_kwargs", backbone_kwargs)
-    rates = tuple(atrous_rates or DEFAULT_RATES[output_stride])
+    arguments.smp_compatible(smp_compatible, backbone_weights)
+    rates = tuple(atrous_rates or (SMP_RATES if smp_compatible else DEFAULT_RATES[output_stride]))
     if low_level_stride >= output_stride:
         raise ArgumentError(f"low_level_stride ({low_level_stride}) must be below output_stride ({output_stride})")
+    if smp_compatible and (output_stride, low_level_stride) not in ((8, 4), (16, 4)):
+        raise ArgumentError("smp_compatible is SMP's DeepLabV3+: output_stride 8 or 16 and low_level_stride 4, "
+                            f"not {output_stride} and {low_level_stride}")
     pixels = blocks.pixel_input(input_shape)
-    features = backbones.build(
-        backbone, pixels, output_stride=output_stride, weights=backbone_weights, **(backbone_kwargs or {})
-    )
+    features = backbones.build(backbone, pixels, output_stride=output_stride, weights=backbone_weights,
+                               smp=smp_compatible, **(backbone_kwargs or {}))
+    if smp_compatible:
+        logits = _smp_decoder(features, pixels, num_classes, output_stride=output_stride, rates=rates,
+                              aspp_filters=aspp_filters, decoder_filters=decoder_filters,
+                              low_level_filters=low_level_filters, dropout=dropout)
+        return keras.Model(pixels, logits, name=name)
 
     x = blocks.aspp(features[output_stride], aspp_filters, rates, separable=True, dropout=dropout)
     low_level = blocks.conv_bn_act(features[low_level_stride], low_level_filters, 1, name="decoder_low_level")
@@ -80,3 +111,29 @@ def deeplabv3plus(
     logits = blocks.classifier(x, num_classes)
     logits = blocks.resize_like(logits, pixels, name="logits")
     return keras.Model(pixels, logits, name=name)
+
+
+def _smp_decoder(features, pixels, num_classes, *, output_stride, rates, aspp_filters, decoder_filters,
+                 low_level_filters, dropout):
+    """SMP's DeepLabV3PlusDecoder and SegmentationHead (decoders/deeplabv3/decoder.py, base/heads.py): logits."""
+    x = features[output_stride]
+    branches = [blocks.conv_bn_act(x, aspp_filters, 1, name="aspp_1x1", epsilon=SMP_EPSILON)]
+    branches += [_smp_separable(x, aspp_filters, rate, f"aspp_rate{rate}") for rate in rates]
+    branches.append(blocks.image_pooling(x, aspp_filters, name="aspp_pooling", epsilon=SMP_EPSILON))
+    x = layers.Concatenate(name="aspp_concat")(branches)
+    x = blocks.conv_bn_act(x, aspp_filters, 1, name="aspp_projection", epsilon=SMP_EPSILON)
+    if dropout:
+        x = layers.Dropout(dropout, name="aspp_dropout")(x)
+    x = _smp_separable(x, aspp_filters, 1, "aspp_separable")
+    low_level = blocks.conv_bn_act(features[4], low_level_filters, 1, name="decoder_low_level", epsilon=SMP_EPSILON)
+    x = blocks.torch_resize_like(x, low_level, "bilinear", align_corners=True, name="decoder_upsample")
+    x = layers.Concatenate(name="decoder_concat")([x, low_level])
+    x = _smp_separable(x, decoder_filters, 1, "decoder_conv1")
+    logits = blocks.classifier(x, num_classes)
+    return blocks.torch_resize_like(logits, pixels, "bilinear", align_corners=True, name="logits")
+
+
+def _smp_separable(x, filters, rate, name):
+    """SMP's SeparableConv2d (a 3x3 depthwise and a 1x1 convolution, nothing between, no biases), then BN-ReLU."""
+    x = layers.DepthwiseConv2D(3, padding="same", dilation_rate=rate, use_bias=False, name=f"{name}_depthwise")(x)
+    return blocks.conv_bn_act(x, filters, 1, name=f"{name}_pointwise", epsilon=SMP_EPSILON)

@@ -7,10 +7,12 @@
 import keras
 from keras import layers
 
+from kseg.errors import ArgumentError
 from kseg.models import arguments, backbones, blocks
 from kseg.models.registry import register
 
 UPSAMPLING = ("bilinear", "nearest", "transpose")
+SMP_UPSAMPLING = ("nearest", "bilinear")  # SMP's `decoder_interpolation`s that kseg computes as torch does
 
 
 @register("unet", paper="Ronneberger et al. 2015, arXiv:1505.04597", tiny={"filters": 8, "depth": 3},
@@ -26,6 +28,7 @@ def unet(
     backbone: str | None = None,
     backbone_weights: str | None = None,
     backbone_kwargs: dict | None = None,
+    smp_compatible: bool = False,
     name: str = "unet",
 ) -> keras.Model:
     """Builds a U-Net: `depth` down-sampling levels, a bottleneck, and a mirrored decoder with skips.
@@ -44,6 +47,21 @@ def unet(
             (16, 8, 4, 2, 1) channels, the last one at full resolution.
         backbone_weights: None, "imagenet" or a weights file, for a registry backbone.
         backbone_kwargs: options of the registry backbone, e.g. {"alpha": 0.5}.
+        smp_compatible: compute exactly what segmentation_models_pytorch's `Unet` (decoders/unet/decoder.py and
+            model.py, SMP 0.6.0) does on its encoder `backbone` ("resnet34", "resnet50", "resnet101" or
+            "mobilenetv2", SMP's "mobilenet_v2"), so its weights convert (`kseg.models.convert`): SMP's encoder
+            (`kseg.models.backbones.build(smp=True)`) after its ImageNet normalisation; per decoder block an
+            upsampling to the skip's size as torch's `F.interpolate` computes it (`upsampling` "nearest", SMP's
+            default, or "bilinear"), the concatenation [upsampled, skip] and two 3x3 conv-BN-ReLU (batch norm at
+            1e-5; `norm="none"`: biases instead, SMP's `decoder_use_norm=False`); a 3x3 convolution to the
+            logits (SMP's SegmentationHead). SMP's default `decoder_channels` (256, 128, 64, 32, 16) are
+            `filters=16`. No `backbone_weights`.
+        name: the model's name.
+
+    Example:
+
+        model = kseg.models.unet(2, backbone="resnet34", filters=16, upsampling="nearest", smp_compatible=True)
+        logits = model(numpy.zeros((1, 64, 96, 3), "float32"))  # (1, 64, 96, 2)
     """
     arguments.common(num_classes, name)
     arguments.positive_int("filters", filters)
@@ -52,10 +70,16 @@ def unet(
     arguments.one_of("upsampling", upsampling, UPSAMPLING)
     arguments.rate("dropout", dropout)
     arguments.options("backbone_kwargs", backbone_kwargs)
+    arguments.smp_compatible(smp_compatible, backbone_weights)
+    if smp_compatible:
+        if backbone is None:
+            raise ArgumentError("smp_compatible is SMP's Unet on one of its encoders: it needs a backbone")
+        arguments.one_of("upsampling", upsampling, SMP_UPSAMPLING)
+        arguments.one_of("norm", norm, ("batch", "none"))
     pixels = blocks.pixel_input(input_shape)
     if backbone is not None:
         return _backbone_unet(num_classes, pixels, filters, norm, upsampling, backbone, backbone_weights,
-                              backbone_kwargs, name)
+                              backbone_kwargs, name, smp=smp_compatible)
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")(pixels)
 
     skips = []
@@ -73,28 +97,33 @@ def unet(
     return keras.Model(pixels, logits, name=name)
 
 
-def _backbone_unet(num_classes, pixels, filters, norm, upsampling, backbone, weights, backbone_kwargs, name):
-    features = backbones.build(backbone, pixels, output_stride=32, weights=weights, **(backbone_kwargs or {}))
+def _backbone_unet(num_classes, pixels, filters, norm, upsampling, backbone, weights, backbone_kwargs, name,
+                   smp=False):
+    features = backbones.build(backbone, pixels, output_stride=32, weights=weights, smp=smp, **(backbone_kwargs or {}))
     x = features[32]
     for level, stride in enumerate((16, 8, 4, 2)):
-        x = _decoder_level(x, features[stride], filters * 2 ** (4 - level), norm, upsampling, f"decoder_stride{stride}")
-    x = _decoder_level(x, pixels, filters, norm, upsampling, "decoder_stride1", concat=False)
-    logits = blocks.classifier(x, num_classes)
+        x = _decoder_level(x, features[stride], filters * 2 ** (4 - level), norm, upsampling, f"decoder_stride{stride}",
+                           smp=smp)
+    x = _decoder_level(x, pixels, filters, norm, upsampling, "decoder_stride1", concat=False, smp=smp)
+    logits = blocks.classifier(x, num_classes, kernel_size=3 if smp else 1)
     return keras.Model(pixels, logits, name=name)
 
 
-def _decoder_level(x, skip, filters, norm, upsampling, name, concat=True):
-    """Upsample `x` to `skip`'s size, concatenate `skip` (unless `concat` is False), then two convs."""
-    if upsampling == "transpose":
+def _decoder_level(x, skip, filters, norm, upsampling, name, concat=True, smp=False):
+    """Upsample `x` to `skip`'s size, concatenate `skip` (unless `concat` is False), then two convs; `smp`: as SMP's
+    UnetDecoderBlock (torch's interpolation, `x` before `skip`, batch norm at 1e-5)."""
+    if smp:
+        x = blocks.torch_resize_like(x, skip, upsampling, name=f"{name}_upsample")
+    elif upsampling == "transpose":
         x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_upconv")(x)
         x = blocks.resize_like(x, skip, "nearest", name=f"{name}_fit")
     else:
         x = blocks.resize_like(x, skip, upsampling, name=f"{name}_upsample")
     if concat:
-        x = layers.Concatenate(name=f"{name}_concat")([skip, x])
-    return _double_conv(x, filters, norm, name)
+        x = layers.Concatenate(name=f"{name}_concat")([x, skip] if smp else [skip, x])
+    return _double_conv(x, filters, norm, name, epsilon=1e-5 if smp else 1e-3)
 
 
-def _double_conv(x, filters, norm, name):
-    x = blocks.conv_bn_act(x, filters, 3, norm=norm, name=f"{name}_a")
-    return blocks.conv_bn_act(x, filters, 3, norm=norm, name=f"{name}_b")
+def _double_conv(x, filters, norm, name, epsilon=1e-3):
+    x = blocks.conv_bn_act(x, filters, 3, norm=norm, name=f"{name}_a", epsilon=epsilon)
+    return blocks.conv_bn_act(x, filters, 3, norm=norm, name=f"{name}_b", epsilon=epsilon)
