@@ -1,7 +1,8 @@
 """Converters (kseg.models.convert): PyTorch state dicts read without PyTorch, torchvision's LR-ASPP, DeepLabV3 and
-FCN mapped onto kseg's builders with `torchvision_compatible=True`, one-line errors for tensors that are missing,
-left over or misshapen, and (with KSEG_TORCH_PYTHON: a Python with torch and torchvision) kseg's output against
-torchvision's own on the same pixels."""
+FCN mapped onto kseg's builders with `torchvision_compatible=True`, SMP's Unet and DeepLabV3+ with
+`smp_compatible=True`, one-line errors for tensors that are missing, left over or misshapen, and (with
+KSEG_TORCH_PYTHON: a Python with torch, torchvision and segmentation-models-pytorch) kseg's output against
+torchvision's and SMP's own on the same pixels."""
 
 import json
 import os
@@ -17,12 +18,14 @@ import kseg
 from kseg.cli import main
 from kseg.errors import KsegError
 from kseg.models import convert
-from kseg.models.convert import state_dict, torchvision
+from kseg.models.convert import smp, state_dict, torchvision
 from kseg.models.convert.torchvision import imagenet
 
 HERE = os.path.dirname(__file__)
 # Largest |kseg - torchvision| allowed, as a share of the largest |output|: float32 rounding only (seen: 6e-7
-# absolute on LR-ASPP's logits of about 1; at most 6.5e-6 of the largest output, FCN ResNet-50 at 113 x 135).
+# absolute on LR-ASPP's logits of about 1; at most 6.5e-6 of the largest output, FCN ResNet-50 at 113 x 135; SMP's
+# models at most 3.5e-5, Unet MobileNetV2 at 75 x 101, where torch's own float32 logits are 2.5e-5 off its float64
+# ones: kseg's are as close to float64 as torch's are).
 TOLERANCE = 1e-4
 
 
@@ -235,11 +238,12 @@ def features_of(name, model):
 
 
 def torch_python():
-    """KSEG_TORCH_PYTHON: an interpreter with torch and torchvision (.ci/run-style venv of its own)."""
+    """KSEG_TORCH_PYTHON: an interpreter with torch, torchvision and SMP (.ci/run-style venv of its own)."""
     python = os.environ.get("KSEG_TORCH_PYTHON")
     if not python:
-        pytest.skip("KSEG_TORCH_PYTHON is not set (a Python with torch and torchvision, e.g. python3 -m venv "
-                    "/tmp/kseg-torch && /tmp/kseg-torch/bin/pip install torch==2.14.1 torchvision==0.29.1)")
+        pytest.skip("KSEG_TORCH_PYTHON is not set (a Python with torch, torchvision and segmentation-models-pytorch, "
+                    "e.g. python3 -m venv /tmp/kseg-torch && /tmp/kseg-torch/bin/pip install torch==2.14.1 "
+                    "torchvision==0.29.1 segmentation-models-pytorch==0.6.0)")
     return python
 
 
@@ -258,4 +262,123 @@ def test_outputs_match_torchvision(name, tmp_path):
             error = float(np.abs(ours - theirs).max())
             print(f"{name} {expected[f'image{i}'].shape[1:3]}: max abs difference {error:.2e}, largest |output| "
                   f"{np.abs(theirs).max():.2f}", file=sys.stderr)
+            assert error <= TOLERANCE * float(np.abs(theirs).max())
+
+
+# SMP source -> (kseg architecture, the builder arguments its converter gives)
+SMP_CONVERTED = {
+    **{f"unet_{encoder}": ("unet", {"backbone": backbone, "filters": 16, "upsampling": "nearest",
+                                    "smp_compatible": True})
+       for encoder, backbone in smp.ENCODERS.items()},
+    **{f"deeplabv3plus_{encoder}": ("deeplabv3plus", {"backbone": backbone, "output_stride": 16,
+                                                      "atrous_rates": [12, 24, 36], "aspp_filters": 256,
+                                                      "decoder_filters": 256, "dropout": 0.5, "smp_compatible": True})
+       for encoder, backbone in smp.ENCODERS.items()},
+}
+# Sizes of the SMP comparison: DeepLabV3+ takes multiples of 16 only (SMP refuses others); SMP's Unet takes any
+# size, and an odd one upsamples by no integer factor, where torch's nearest and Keras's differ.
+SMP_SIZES = {"unet": ("64x64", "75x101"), "deeplabv3plus": ("64x64", "96x128")}
+
+
+def smp_like(name):
+    """The kseg model that SMP's `name` converts to (4 classes), random batch-norm statistics, its weights as SMP's
+    state dict names."""
+    keras.utils.set_random_seed(0)
+    architecture, args = SMP_CONVERTED[name]
+    model = kseg.models.get(architecture, 4, **args)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            rng = np.random.default_rng(len(layer.name))
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                               rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)])
+    return model, torch_tensors(model, smp.names_of(model))
+
+
+@pytest.mark.parametrize("name", list(SMP_CONVERTED))
+def test_smp_mapping_covers_every_tensor_and_the_model_comes_back(name):
+    model, tensors = smp_like(name)
+    tensors.update({"classification_head.3.weight": np.zeros((4, 512), "float32"),  # aux_params' head: skipped
+                    "classification_head.3.bias": np.zeros(4, "float32")})
+    converted, args = convert.SOURCES[f"smp:{name}"][0](tensors)
+    assert (convert.SOURCES[f"smp:{name}"][1], args) == SMP_CONVERTED[name]
+    image = np.random.default_rng(1).uniform(0, 255, (1, 64, 96, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(converted(image)), np.asarray(model(image)))
+
+
+def test_smp_unet_without_batch_norm_comes_back():
+    keras.utils.set_random_seed(0)
+    args = {"backbone": "mobilenetv2", "filters": 8, "upsampling": "nearest", "norm": "none", "smp_compatible": True}
+    model = kseg.models.unet(3, **args)
+    converted, converted_args = smp.segmentation("Unet", "mobilenet_v2", torch_tensors(model, smp.names_of(model)))
+    assert converted_args == args
+    image = np.random.default_rng(1).uniform(0, 255, (1, 33, 47, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(converted(image)), np.asarray(model(image)))
+
+
+def test_smp_tensors_that_do_not_fit_are_named_on_one_line():
+    tensors = smp_like("unet_resnet34")[1]
+    with pytest.raises(KsegError, match="^unet.pth: holds SMP's Unet on resnet34, not DeepLabV3Plus on resnet50: "
+                                        "convert it as smp:unet_resnet34$"):
+        smp.segmentation("DeepLabV3Plus", "resnet50", tensors, source="unet.pth")
+    basic = {key: value for key, value in tensors.items() if not key.startswith("encoder.layer3.")
+             or int(key.split(".")[2]) < 2}  # ResNet-18's two blocks in layer3
+    with pytest.raises(KsegError, match="^unet.pth: holds SMP's Unet on resnet18, not Unet on resnet34$"):
+        smp.segmentation("Unet", "resnet34", basic, source="unet.pth")
+    changed = dict(tensors, **{"decoder.blocks.2.conv1.0.weight": np.zeros((64, 191, 3, 3), "float32"),
+                               "decoder.blocks.0.attention1.attention.cSE.1.weight": np.zeros(1, "float32")})
+    del changed["encoder.layer4.2.bn2.running_var"]
+    with pytest.raises(KsegError) as error:
+        smp.segmentation("Unet", "resnet34", changed, source="unet.pth")
+    assert str(error.value) == ("unet.pth: missing encoder.layer4.2.bn2.running_var; decoder.blocks.2.conv1.0.weight "
+                                "(64, 191, 3, 3) does not fit decoder_stride4_a_conv (3, 3, 192, 64); "
+                                "unexpected decoder.blocks.0.attention1.attention.cSE.1.weight")
+    with pytest.raises(KsegError, match="^unet.pth: missing segmentation_head.0.weight .not a state dict of SMP's"):
+        smp.segmentation("DeepLabV3Plus", "resnet34", {}, source="unet.pth")
+    with pytest.raises(KsegError, match="converts SMP's Unet and DeepLabV3Plus on resnet34, .* not FPN on resnet34"):
+        smp.segmentation("FPN", "resnet34", tensors)
+
+
+def test_smp_compatible_builders_refuse_what_smp_does_not_build():
+    with pytest.raises(KsegError, match="smp_compatible is SMP's Unet on one of its encoders: it needs a backbone"):
+        kseg.models.unet(2, smp_compatible=True)
+    with pytest.raises(KsegError, match="upsampling must be one of .'nearest', 'bilinear'., got 'transpose'"):
+        kseg.models.unet(2, backbone="resnet34", upsampling="transpose", smp_compatible=True)
+    with pytest.raises(KsegError, match="output_stride 8 or 16 and low_level_stride 4, not 32 and 4"):
+        kseg.models.deeplabv3plus(2, backbone="resnet34", output_stride=32, smp_compatible=True)
+    with pytest.raises(KsegError, match="smp_compatible takes segmentation_models_pytorch's weights"):
+        kseg.models.deeplabv3plus(2, backbone="resnet34", backbone_weights="imagenet", smp_compatible=True)
+    with pytest.raises(KsegError, match="backbone 'xception' has no segmentation_models_pytorch variant; these do: "
+                                        "mobilenetv2, resnet101, resnet34, resnet50"):
+        kseg.models.deeplabv3plus(2, backbone="xception", smp_compatible=True)
+
+
+def test_torch_resize_computes_torch_source_indices(tmp_path):
+    """torch's F.interpolate(size=...) on a ramp: legacy nearest takes floor(i * in / out) (3 -> 5: 0 0 1 1 2;
+    Keras's half-pixel nearest takes 0 0 1 2 2), align_corners=True samples i * (in - 1) / (out - 1)."""
+    ramp = np.arange(3, dtype="float32").reshape(1, 3, 1, 1)
+    x, reference = keras.Input((3, 1, 1)), keras.Input((5, 1, 1))
+    model = keras.Model([x, reference], [kseg.models.blocks.torch_resize_like(x, reference, "nearest"),
+                                         kseg.models.blocks.torch_resize_like(x, reference, "bilinear", True)])
+    model.save(tmp_path / "resize.keras")
+    nearest, aligned = keras.saving.load_model(tmp_path / "resize.keras")([ramp, np.zeros((1, 5, 1, 1), "float32")])
+    np.testing.assert_array_equal(np.ravel(nearest), [0, 0, 1, 1, 2])
+    np.testing.assert_allclose(np.ravel(aligned), [0, 0.5, 1, 1.5, 2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SMP_CONVERTED))
+def test_outputs_match_smp(name, tmp_path):
+    python = torch_python()
+    subprocess.run([python, os.path.join(HERE, "smp_reference.py"), name, str(tmp_path),
+                    *SMP_SIZES[name.split("_")[0]]], check=True, timeout=600)
+    model = kseg.models.from_pretrained(convert.convert(f"smp:{name}", weights=str(tmp_path / f"{name}.pth"),
+                                                       out_dir=str(tmp_path / "kseg")))
+    with np.load(tmp_path / f"{name}.npz") as expected:
+        for i in range(2):
+            ours, theirs = np.asarray(model(expected[f"image{i}"])), expected[f"logits{i}"]
+            assert ours.shape == theirs.shape
+            error = float(np.abs(ours - theirs).max())
+            print(f"smp:{name} {expected[f'image{i}'].shape[1:3]}: max abs difference {error:.2e}, largest |logit| "
+                  f"{np.abs(theirs).max():.2f}, share {error / np.abs(theirs).max():.1e}", file=sys.stderr)
             assert error <= TOLERANCE * float(np.abs(theirs).max())

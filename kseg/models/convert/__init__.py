@@ -1,12 +1,14 @@
 """Weights from other libraries onto kseg's builders, one package per source (`torchvision`: LR-ASPP, DeepLabV3
-and FCN whole, ResNet and MobileNet ImageNet classifiers as backbones), read from files (`state_dict`: PyTorch's
-own format without PyTorch, safetensors, npz) and written as kseg model folders.
+and FCN whole, ResNet and MobileNet ImageNet classifiers as backbones; `smp`: segmentation_models_pytorch's Unet
+and DeepLabV3Plus on its ResNet-34/50 and MobileNetV2 encoders), read from files (`state_dict`: PyTorch's own
+format without PyTorch, safetensors, npz) and written as kseg model folders.
 
     kseg.models.convert.convert("torchvision:lraspp_mobilenet_v3_large", weights="lraspp.pth", out_dir="lraspp")
     kseg.models.from_pretrained("lraspp")  # takes [0, 255] RGB; torchvision's normalisation is inside
 
 The command line: `kseg convert torchvision:lraspp_mobilenet_v3_large --weights lraspp.pth --out lraspp`;
 `kseg convert deeplabv3_resnet50 --weights deeplabv3_resnet50_coco-cd0a2569.pth --out deeplabv3` (see `names()`);
+`kseg convert smp:unet_resnet34 --weights model.safetensors --out unet` (an SMP model's `save_pretrained` folder);
 `kseg convert torchvision:resnet50 --weights resnet50-11ad3fa6.pth --out start --model fcn32s --num-classes 3`
 (an ImageNet backbone under a fresh head: `kseg train --init start` fine-tunes it).
 """
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from kseg.errors import KsegError
 from kseg.models import pretrained
-from kseg.models.convert import state_dict, torchvision
+from kseg.models.convert import smp, state_dict, torchvision
 from kseg.models.convert.torchvision import imagenet
 
 # "library:model" -> (converter, kseg architecture). A whole segmentation model converts into its one architecture:
@@ -34,6 +36,8 @@ SOURCES: dict[str, tuple[Callable, str | tuple]] = {
     "torchvision:fcn_resnet101": (torchvision.fcn_resnet101, "fcn32s"),
     **{f"torchvision:{name}": (functools.partial(imagenet.backbone_into, name), imagenet.architectures(name))
        for name in imagenet.CLASSIFIERS},
+    **{name: (functools.partial(smp.segmentation, decoder, encoder), smp.DECODERS[decoder])
+       for name, (decoder, encoder) in smp.SOURCES.items()},
 }
 DEFAULT_CLASSES = 21  # a backbone's fresh head: torchvision's segmentation builders' default (Pascal VOC)
 
@@ -100,5 +104,5 @@ def convert(source: str, *, weights: str, out_dir: str, class_names: Sequence[st
                                       class_names=class_names, provenance=record, overwrite=overwrite)
 
 
-__all__ = ["DEFAULT_CLASSES", "SOURCES", "convert", "convert_model", "names", "source_of", "state_dict",
+__all__ = ["DEFAULT_CLASSES", "SOURCES", "convert", "convert_model", "names", "smp", "source_of", "state_dict",
            "torchvision"]

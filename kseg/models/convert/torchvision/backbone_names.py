@@ -45,9 +45,11 @@ def mobilenetv3_names(model: keras.Model, prefix: str = "backbone.") -> dict:
 
 
 def mobilenetv2_names(model: keras.Model, prefix: str = "features.") -> dict:
-    """{kseg layer name: torchvision module name} of the MobileNetV2 in `model` (kseg builds no 1280-channel last
-    convolution: torchvision's last `features` layer has no counterpart)."""
+    """{kseg layer name: torchvision module name} of the MobileNetV2 in `model`. kseg builds the 1280-channel last
+    convolution (Conv_1, torchvision's last `features` layer) only for SMP's encoder (`smp=True`); without it,
+    that layer has no counterpart."""
     names = {"Conv1": f"{prefix}0.0", "bn_Conv1": f"{prefix}0.1"}
+    blocks = 0
     for layer in model.layers:
         if m := re.fullmatch(r"(?:expanded_conv|block_(\d+))_(expand|depthwise|project)(_BN)?", layer.name):
             block, part, bn = int(m.group(1) or 0), m.group(2), int(bool(m.group(3)))
@@ -55,6 +57,8 @@ def mobilenetv2_names(model: keras.Model, prefix: str = "features.") -> dict:
             index = {"expand": 0, "depthwise": int(block > 0), "project": 1 + int(block > 0)}[part]
             torch = f"{prefix}{block + 1}.conv"
             names[layer.name] = f"{torch}.{index + bn}" if part == "project" else f"{torch}.{index}.{bn}"
+            blocks = max(blocks, block + 1)
+    names.update({"Conv_1": f"{prefix}{blocks + 1}.0", "Conv_1_bn": f"{prefix}{blocks + 1}.1"})
     return names
 
 

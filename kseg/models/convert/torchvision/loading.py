@@ -47,7 +47,7 @@ def load_into(model: keras.Model, tensors: dict, names: dict, epsilons: dict, so
         if layer.name not in names:
             if mapped_only:
                 continue
-            raise KsegError(f"{source}: kseg layer {layer.name} has no torchvision counterpart")
+            raise KsegError(f"{source}: kseg layer {layer.name} has no counterpart in the source model")
         module = names[layer.name]
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
         keys = [f"{module}.{part}" for part in (BN_TENSORS if is_bn else ("weight", "bias")[: len(layer.weights)])]
