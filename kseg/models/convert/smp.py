@@ -19,7 +19,8 @@ normalisation inside it (SMP's models take normalised tensors, kseg's [0, 255] R
 The state dict holds no interpolation mode, output stride nor atrous rates: the converters take SMP's defaults
 (`decoder_interpolation="nearest"`, `encoder_output_stride=16`, `decoder_atrous_rates=(12, 24, 36)`). A model
 trained with others converts without error but computes otherwise: build kseg's model with the matching
-arguments and `load_into` it with these names (`unet_names`, `deeplabv3plus_names`). SMP's auxiliary
+arguments and `load_into` it with these names (`unet_names`, `deeplabv3plus_names`). The converted model gives
+logits, as SMP's default `activation=None` does (an activation is no weight). SMP's auxiliary
 classification head (`aux_params`, `classification_head.*`) is skipped deliberately: the converted model is
 SMP's mask output. A state dict of another decoder or encoder than the source's is refused naming the one it
 holds (`identify`); anything else that does not fit (`decoder_attention_type="scse"`, other `decoder_channels`,
