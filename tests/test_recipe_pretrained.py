@@ -147,3 +147,16 @@ def test_crops_hold_a_tiny_blob_in_the_requested_share(share):
     uniform = 66**2 / 193**2
     expected = share + (1 - share) * uniform
     assert abs(hits.mean() - expected) < 0.06, (hits.mean(), expected)  # about 4 standard deviations at 480 crops
+
+
+def test_a_whole_trained_model_fine_tunes_at_the_from_scratch_rate(keras_home, tmp_path):
+    """--init (measured in benchmarks/transfer.py: 1e-4 lost up to 5 mIoU to 1e-3 in 60 s) against an ImageNet
+    backbone under a new decoder (1e-4); a rate given is kept."""
+    write_keras_cache(keras_home, 0.5)
+    tiny = kseg.models.architecture("unet").tiny
+    init = kseg.models.save_pretrained(kseg.models.get("unet", 3, **tiny), str(tmp_path / "start"),
+                                       architecture="unet", builder_args=tiny)
+    config, choices = resolve(TrainConfig(init=init), colour())
+    assert config.learning_rate == recipe.LEARNING_RATE and "whole trained model" in choices["learning_rate"].reason
+    assert resolve(TrainConfig(), colour())[0].learning_rate == recipe.FINE_TUNE_LEARNING_RATE  # ImageNet
+    assert resolve(TrainConfig(init=init, learning_rate=3e-4), colour())[0].learning_rate == 3e-4
