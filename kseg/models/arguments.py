@@ -60,6 +60,22 @@ def smp_compatible(value, backbone_weights):
     _compatible("smp_compatible", "segmentation_models_pytorch's", value, backbone_weights)
 
 
+def keras_hub_compatible(value, backbone_weights, pixel_scale, pixel_offset):
+    """A builder's `keras_hub_compatible`: a bool, and then no `backbone_weights` (a keras-hub preset's weights come
+    in through `kseg.models.convert`); `pixel_scale` and `pixel_offset` (its ImageConverter's `scale` and
+    `offset`: None, a number, or one per RGB channel) only with it."""
+    _compatible("keras_hub_compatible", "a keras-hub preset's", value, backbone_weights)
+    for name, given in (("pixel_scale", pixel_scale), ("pixel_offset", pixel_offset)):
+        if given is None:
+            continue
+        if not value:
+            raise ArgumentError(f"{name} is a keras-hub preset's preprocessing: it needs keras_hub_compatible=True")
+        values = [given] if isinstance(given, numbers.Real) else given
+        if (isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) not in (1, 3)
+                or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)):
+            raise ArgumentError(f"{name} must be None, a number or 3 numbers (one per RGB channel), got {given!r}")
+
+
 def _compatible(name, weights, value, backbone_weights):
     if not isinstance(value, bool):
         raise ArgumentError(f"{name} must be True or False, got {value!r}")

@@ -15,6 +15,7 @@ unpadded one). Mix-FFN is Linear -> 3x3 depthwise conv -> GELU (exact, erf) -> L
 projects every stage to one width, resizes to the stride-4 map, concatenates (stage 4 first, as the
 reference), fuses with a 1x1 conv-BN-ReLU, drops out and classifies; logits are resized bilinearly to
 the input. Pixels are RGB in [0, 255], normalised in the graph with the ImageNet mean and std.
+`keras_hub_compatible=True` computes keras-hub's SegFormer instead (tanh GELU, its input scaling), for its presets.
 
 Formulated for phones and int8: feature maps stay (batch, height, width, channels) throughout, and every
 Linear layer is a 1x1 `Conv2D` (the same function: a reference Linear weight W (out, in) loads as the
@@ -42,16 +43,15 @@ LayerNormalization fake-quantizes its output (tfmot has no LayerNormalization co
 int8 converter calibrates the ranges as in post-training int8.
 """
 
-import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import keras
-from keras import layers, ops
+from keras import layers
 
 from kseg.models import arguments, backbones, blocks, custom_layers
 from kseg.models.registry import register
+from kseg.models.segformer_layers import GELU, EfficientAttention, LayerNormalization
 
 # MiT encoders (Xie et al. 2021, table 6 / appendix): per stage widths, blocks, heads and reduction ratios;
 # the decoder width of the paper's ADE20K models.
@@ -64,92 +64,6 @@ SR_RATIOS = (8, 4, 2, 1)
 PATCH_SIZES = (7, 3, 3, 3)
 PATCH_STRIDES = (4, 2, 2, 2)
 STAGES = 4
-
-
-@keras.saving.register_keras_serializable(package="kseg")
-class EfficientAttention(layers.Layer):
-    """Multi-head scaled dot-product attention of SegFormer: `EfficientAttention(heads)([query, key, value])`.
-
-    `query` is (batch, height, width, channels); `key` and `value` are (batch, h, w, channels) at the
-    reduced size. Returns softmax(q k^T / sqrt(d)) v per head as (batch, height, width, channels).
-    No weights (the projections are the model's 1x1 convolutions); at most 4-D tensors.
-    """
-
-    def __init__(self, num_heads, **kwargs):
-        super().__init__(**kwargs)
-        self.num_heads = int(num_heads)
-
-    def call(self, inputs):
-        query, key, value = inputs
-        channels = query.shape[-1]
-        heads, width = self.num_heads, channels // self.num_heads
-        batch, height, wide = ops.shape(query)[0], ops.shape(query)[1], ops.shape(query)[2]
-        query = self._split(query * (1.0 / math.sqrt(width)), batch)  # (batch, heads, tokens, width)
-        key = self._split(key, batch)
-        value = self._split(value, batch)
-        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))  # (batch, heads, tokens, keys)
-        with warnings.catch_warnings():  # one key (tiny maps): Keras warns that the softmax is 1, as it should be
-            warnings.filterwarnings("ignore", message="You are using a softmax over axis")
-            weights = ops.softmax(scores, axis=-1)
-        mixed = ops.matmul(weights, value)  # (batch, heads, tokens, width)
-        if heads > 1:
-            mixed = ops.transpose(mixed, (0, 2, 1, 3))
-        return ops.reshape(mixed, (batch, height, wide, channels))
-
-    def _split(self, x, batch):
-        heads = self.num_heads
-        if heads == 1:
-            return ops.reshape(x, (batch, 1, -1, x.shape[-1]))
-        x = ops.reshape(x, (batch, -1, heads, x.shape[-1] // heads))
-        return ops.transpose(x, (0, 2, 1, 3))
-
-    def compute_output_shape(self, input_shapes):
-        return tuple(input_shapes[0])
-
-    def macs(self, input_shapes, output_shape):
-        """Multiply-accumulates of the two products (q k^T and the weighted sum): 2 * tokens * keys * channels."""
-        (batch, height, width, channels), (_, key_height, key_width, _) = input_shapes[0], input_shapes[1]
-        return 2 * batch * height * width * key_height * key_width * channels
-
-    def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads}
-
-
-@keras.saving.register_keras_serializable(package="kseg")
-class LayerNormalization(layers.LayerNormalization):
-    """`keras.layers.LayerNormalization` (same arguments, weights and results) computed in PyTorch's order over
-    the last axis: ((x - mean) / sqrt(variance + epsilon)) * gamma + beta.
-
-    Keras's own order, x * (gamma / sigma) + (beta - mean * gamma / sigma), lowers to a NEG that LiteRT's
-    int16x8 quantizer refuses, and a squared difference (also what `ops.square(x - mean)` becomes) that its
-    int16 runtime refuses. This one lowers to MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD (builtins that
-    every LiteRT mode and the GPU delegate run) and quantizes the normalised map, bounded by sqrt(channels),
-    before the per-channel gamma and beta. Other axes and RMS scaling take Keras's path.
-    """
-
-    def call(self, inputs):
-        rank = len(inputs.shape)
-        if self.rms_scaling or [axis % rank for axis in self.axis] != [rank - 1]:
-            return super().call(inputs)
-        x = ops.cast(inputs, "float32")
-        centred = x - ops.mean(x, axis=-1, keepdims=True)
-        variance = ops.mean(centred * centred, axis=-1, keepdims=True)
-        outputs = centred * ops.rsqrt(variance + self.epsilon)
-        if self.scale:
-            outputs = outputs * ops.cast(self.gamma, "float32")
-        if self.center:
-            outputs = outputs + ops.cast(self.beta, "float32")
-        return ops.cast(outputs, self.compute_dtype)
-
-
-@keras.saving.register_keras_serializable(package="kseg")
-class GELU(layers.Layer):
-    """The exact (erf) GELU, 0.5 x (1 + erf(x / sqrt(2))): `keras.activations.gelu`'s function, written so that
-    TensorFlow traces an Erf (tf2onnx converts it; TensorFlow's own gelu traces an Erfc, which it cannot).
-    LiteRT's converter fuses it into one GELU op, as it does TensorFlow's."""
-
-    def call(self, x):
-        return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 def linear(x, units, name):
@@ -177,11 +91,11 @@ def efficient_self_attention(x, width, heads, sr_ratio, name):
     return linear(mixed, width, f"{name}_output")
 
 
-def mix_ffn(x, width, hidden, name):
+def mix_ffn(x, width, hidden, name, approximate_gelu=False):
     """Mix-FFN: Linear -> 3x3 depthwise conv (positional information from zero padding) -> GELU -> Linear."""
     x = linear(x, hidden, f"{name}_fc1")
     x = layers.DepthwiseConv2D(3, padding="same", name=f"{name}_dwconv")(x)
-    x = GELU(name=f"{name}_gelu")(x)
+    x = GELU(approximate=approximate_gelu, name=f"{name}_gelu")(x)
     return linear(x, width, f"{name}_fc2")
 
 
@@ -192,27 +106,30 @@ def drop_path(x, rate, name):
     return layers.Dropout(rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop_path")(x)
 
 
-def transformer_block(x, width, heads, sr_ratio, mlp_ratio, drop_rate, epsilon, name):
+def transformer_block(x, width, heads, sr_ratio, mlp_ratio, drop_rate, epsilon, name, approximate_gelu=False):
     y = LayerNormalization(epsilon=epsilon, name=f"{name}_norm1")(x)
     y = efficient_self_attention(y, width, heads, sr_ratio, f"{name}_attn")
     x = layers.Add(name=f"{name}_add1")([x, drop_path(y, drop_rate, f"{name}_attn")])
     y = LayerNormalization(epsilon=epsilon, name=f"{name}_norm2")(x)
-    y = mix_ffn(y, width, width * mlp_ratio, f"{name}_ffn")
+    y = mix_ffn(y, width, width * mlp_ratio, f"{name}_ffn", approximate_gelu=approximate_gelu)
     return layers.Add(name=f"{name}_add2")([x, drop_path(y, drop_rate, f"{name}_ffn")])
 
 
-def mix_transformer(x, widths, depths, heads, sr_ratios, mlp_ratio=4, drop_path_rate=0.0, epsilon=1e-6):
-    """The MiT encoder on a normalised image: the four stages' outputs (strides 4, 8, 16, 32)."""
+def mix_transformer(x, widths, depths, heads, sr_ratios, mlp_ratio=4, drop_path_rate=0.0, epsilon=1e-6,
+                    stage_epsilon=None, approximate_gelu=False):
+    """The MiT encoder on a normalised image: the four stages' outputs (strides 4, 8, 16, 32). `epsilon` is the
+    blocks' LayerNorms', `stage_epsilon` (default `epsilon`) the stage-closing ones'."""
     features, block = [], 0
     rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]  # linear, as the reference
     for stage in range(STAGES):
         name = f"stage{stage + 1}"
         x = patch_embedding(x, widths[stage], PATCH_SIZES[stage], PATCH_STRIDES[stage], f"{name}_patch_embed")
         for i in range(depths[stage]):
-            x = transformer_block(x, widths[stage], heads[stage], sr_ratios[stage], mlp_ratio, rates[block], epsilon,
-                                  f"{name}_block{i + 1}")
+            x = transformer_block(x, width=widths[stage], heads=heads[stage], sr_ratio=sr_ratios[stage],
+                                  mlp_ratio=mlp_ratio, drop_rate=rates[block], epsilon=epsilon,
+                                  name=f"{name}_block{i + 1}", approximate_gelu=approximate_gelu)
             block += 1
-        x = LayerNormalization(epsilon=epsilon, name=f"{name}_norm")(x)
+        x = LayerNormalization(epsilon=epsilon if stage_epsilon is None else stage_epsilon, name=f"{name}_norm")(x)
         features.append(x)
     return features
 
@@ -252,6 +169,9 @@ def segformer(
     drop_path_rate: float = 0.1,
     dropout: float = 0.1,
     layer_norm_epsilon: float = 1e-6,
+    keras_hub_compatible: bool = False,
+    pixel_scale: float | Sequence[float] | None = None,
+    pixel_offset: float | Sequence[float] | None = None,
     name: str = "segformer",
 ) -> keras.Model:
     """Builds SegFormer: a Mix Transformer encoder and the all-MLP decoder.
@@ -269,6 +189,19 @@ def segformer(
         drop_path_rate: stochastic depth, rising linearly from 0 over the blocks to this rate (0.1 in the paper).
         dropout: dropout before the classifier (0.1).
         layer_norm_epsilon: epsilon of the blocks' and stages' LayerNorms (1e-6, the reference's).
+        keras_hub_compatible: compute exactly what keras-hub's `SegFormerImageSegmenter` on its `MiTBackbone`
+            does (keras_hub/src/models/segformer/, mit/mit_backbone.py, mit/mit_layers.py; keras-hub 0.32), so a
+            keras-hub preset converts (`kseg.models.convert`, "keras_hub:segformer"): the same graph but GELU's
+            tanh approximation (`keras.ops.nn.gelu`'s default) and the stage-closing LayerNorms at 1e-5, and
+            the preset's own input scaling (`pixel_scale`, `pixel_offset`) instead of the ImageNet normalisation.
+            keras-hub's MiT takes square inputs whose side is a multiple of 32 only; kseg's graph takes any.
+        pixel_scale, pixel_offset: with `keras_hub_compatible`, the preset ImageConverter's `scale` and `offset`
+            (pixels * scale + offset; None: 1 and 0, a number or one per RGB channel).
+
+    Example:
+
+        model = kseg.models.segformer(150, variant="b0", keras_hub_compatible=True, pixel_scale=1 / 255)
+        logits = model(numpy.zeros((1, 64, 64, 3), "float32"))  # (1, 64, 64, 150)
     """
     arguments.common(num_classes, name)
     arguments.one_of("variant", variant, VARIANTS)
@@ -288,11 +221,17 @@ def segformer(
     arguments.rate("drop_path_rate", drop_path_rate)
     arguments.rate("dropout", dropout)
     arguments.positive_number("layer_norm_epsilon", layer_norm_epsilon)
+    arguments.keras_hub_compatible(keras_hub_compatible, None, pixel_scale, pixel_offset)
 
     pixels = blocks.pixel_input(input_shape)
-    x = backbones.normalize(pixels, backbones.TORCH_STYLE["mean"], backbones.TORCH_STYLE["std"])
-    features = mix_transformer(x, widths, depths, heads, tuple(sr_ratios), mlp_ratio, drop_path_rate,
-                               layer_norm_epsilon)
+    if keras_hub_compatible:
+        x = backbones.rescale(pixels, pixel_scale, pixel_offset)
+    else:
+        x = backbones.normalize(pixels, backbones.TORCH_STYLE["mean"], backbones.TORCH_STYLE["std"])
+    features = mix_transformer(x, widths=widths, depths=depths, heads=heads, sr_ratios=tuple(sr_ratios),
+                               mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate, epsilon=layer_norm_epsilon,
+                               stage_epsilon=1e-5 if keras_hub_compatible else None,
+                               approximate_gelu=keras_hub_compatible)
     x = mlp_decoder(features, decoder_width, dropout)
     logits = blocks.classifier(x, num_classes)
     logits = blocks.resize_like(logits, pixels, name="logits")

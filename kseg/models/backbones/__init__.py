@@ -25,6 +25,7 @@ from kseg.models.backbones.common import (
     AtrousSchedule,
     ReverseChannels,
     normalize,
+    rescale,
 )
 from kseg.models.backbones.mobilenet import mobilenetv2, mobilenetv3_large, mobilenetv3_small
 from kseg.models.backbones.resnet import resnet34, resnet50, resnet101
@@ -188,4 +189,4 @@ def load_weights(name, backbone_model, weights, **options):
 
 __all__ = ["BACKBONES", "CAFFE_STYLE", "TF_STYLE", "TORCH_STYLE", "AtrousSchedule", "Backbone", "ReverseChannels",
            "VGG16_STAGES", "build", "get", "imagenet_file", "keras_models_folder", "layer_names", "load_weights",
-           "names", "normalize"]
+           "names", "normalize", "rescale"]

@@ -65,3 +65,12 @@ def normalize(pixels, mean, std, bgr=False):
         scale, offset = scale[0], offset[0]
     x = layers.Rescaling(scale, offset, name="normalize")(pixels)
     return ReverseChannels(name="rgb_to_bgr")(x) if bgr else x
+
+
+def rescale(pixels, scale=None, offset=None):
+    """pixels * scale + offset (each None, a number or one per RGB channel; None: 1 and 0) as one Rescaling layer
+    named as `normalize`'s: a keras-hub ImageConverter's `scale` and `offset`
+    (keras_hub/src/layers/preprocessing/image_converter.py) inside the graph."""
+    scale, offset = 1.0 if scale is None else scale, 0.0 if offset is None else offset
+    return layers.Rescaling(scale, offset, name="normalize")(pixels)
+
