@@ -17,6 +17,7 @@ from kseg.models.registry import register
 DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
 SMP_RATES = (12, 24, 36)  # SMP's `decoder_atrous_rates` default, at output stride 8 and 16 alike
 SMP_EPSILON = 1e-5  # torch's BatchNorm2d default, in SMP's decoder and encoders alike
+KERAS_HUB_BACKBONES = ("resnet34", "resnet50", "resnet101")  # keras-hub's ResNetBackbone v1 is torchvision's graph
 
 
 @register(
@@ -39,6 +40,9 @@ def deeplabv3plus(
     low_level_stride: int = 4,
     dropout: float = 0.1,
     smp_compatible: bool = False,
+    keras_hub_compatible: bool = False,
+    pixel_scale: float | Sequence[float] | None = None,
+    pixel_offset: float | Sequence[float] | None = None,
     name: str = "deeplabv3plus",
 ) -> keras.Model:
     """Builds DeepLabV3+: an atrous backbone, ASPP with image pooling, and a decoder fed low-level features.
@@ -68,6 +72,19 @@ def deeplabv3plus(
             to `low_level_filters` (48 in SMP), then ONE separable 3x3 convolution of `decoder_filters` channels
             (SMP's `decoder_channels` is both `aspp_filters` and `decoder_filters`) and a 1x1 classifier; batch
             norm at 1e-5 throughout; `dropout` 0.5 in SMP. No `backbone_weights`.
+        keras_hub_compatible: compute exactly what keras-hub's `DeepLabV3ImageSegmenter` does on its ResNet
+            (keras_hub/src/models/deeplab_v3/deeplab_v3_backbone.py, deeplab_v3_layers.py, resnet/resnet_backbone.py;
+            keras-hub 0.32), so a keras-hub preset converts (`kseg.models.convert`, "keras_hub:deeplabv3plus"):
+            its ResNetBackbone v1 is torchvision's graph (`backbone` "resnet34", "resnet50" or "resnet101"), not
+            dilated (`output_stride` must be 32: ASPP on the stride-32 features, keras-hub's P5), after the
+            preset's input scaling (`pixel_scale`, `pixel_offset`); ASPP with full 3x3 atrous convolutions (not
+            separable); the ASPP output resized to the low-level features, concatenated with their projection,
+            then ONE 1x1 conv-BN-ReLU of `decoder_filters` (keras-hub's segmentation head, 256) and the 1x1
+            classifier, resized bilinearly to the input (keras-hub resizes before its bias-free classifier: the
+            same function, as a 1x1 convolution commutes with the bilinear resize). Batch norm at 1e-3 (Keras's)
+            in the decoder, 1e-5 in the ResNet; `dropout` 0 in keras-hub. No `backbone_weights`.
+        pixel_scale, pixel_offset: with `keras_hub_compatible`, the preset ImageConverter's `scale` and `offset`
+            (pixels * scale + offset; None: 1 and 0, a number or one per RGB channel).
         name: the model's name.
 
     Example:
@@ -87,13 +104,28 @@ def deeplabv3plus(
     arguments.rate("dropout", dropout)
     arguments.options("backbone_kwargs", backbone_kwargs)
     arguments.smp_compatible(smp_compatible, backbone_weights)
+    arguments.keras_hub_compatible(keras_hub_compatible, backbone_weights, pixel_scale, pixel_offset)
     rates = tuple(atrous_rates or (SMP_RATES if smp_compatible else DEFAULT_RATES[output_stride]))
     if low_level_stride >= output_stride:
         raise ArgumentError(f"low_level_stride ({low_level_stride}) must be below output_stride ({output_stride})")
     if smp_compatible and (output_stride, low_level_stride) not in ((8, 4), (16, 4)):
         raise ArgumentError("smp_compatible is SMP's DeepLabV3+: output_stride 8 or 16 and low_level_stride 4, "
                             f"not {output_stride} and {low_level_stride}")
+    if keras_hub_compatible and (backbone not in KERAS_HUB_BACKBONES or output_stride != 32 or smp_compatible):
+        raise ArgumentError(f"keras_hub_compatible is keras-hub's DeepLabV3+ on its ResNet: backbone one of "
+                            f"{KERAS_HUB_BACKBONES}, output_stride 32 and no smp_compatible, not {backbone!r}, "
+                            f"{output_stride} and {smp_compatible}")
     pixels = blocks.pixel_input(input_shape)
+    if keras_hub_compatible:
+        x = backbones.rescale(pixels, pixel_scale, pixel_offset)
+        features = backbones.get(backbone).build(x, backbones.AtrousSchedule(32), torchvision=True)
+        x = blocks.aspp(features[output_stride], aspp_filters, rates, separable=False, dropout=dropout)
+        low_level = blocks.conv_bn_act(features[low_level_stride], low_level_filters, 1, name="decoder_low_level")
+        x = blocks.resize_like(x, low_level, name="decoder_upsample")
+        x = layers.Concatenate(name="decoder_concat")([x, low_level])
+        x = blocks.conv_bn_act(x, decoder_filters, 1, name="decoder_conv1")
+        logits = blocks.resize_like(blocks.classifier(x, num_classes), pixels, name="logits")
+        return keras.Model(pixels, logits, name=name)
     features = backbones.build(backbone, pixels, output_stride=output_stride, weights=backbone_weights,
                                smp=smp_compatible, **(backbone_kwargs or {}))
     if smp_compatible:
