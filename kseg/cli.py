@@ -132,10 +132,12 @@ def parser():
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=commands.cmd_data_synth)
 
-    c = subcommands.add_parser("convert", help="another library's weights (torchvision) as a kseg model folder")
+    c = subcommands.add_parser("convert", help="another library's weights (torchvision, SMP, keras-hub) as a kseg "
+                                               "model folder")
     c.add_argument("source", help="e.g. torchvision:lraspp_mobilenet_v3_large, torchvision:deeplabv3_resnet50, "
-                                  "torchvision:resnet50 (kseg.models.convert.names())")
-    c.add_argument("--weights", required=True, help="its state dict: a torch.save file, .safetensors or .npz")
+                                  "torchvision:resnet50, keras_hub:segformer (kseg.models.convert.names())")
+    c.add_argument("--weights", required=True, help="its state dict: a torch.save file, .safetensors or .npz; for "
+                                                    "keras_hub:* a local preset folder (save_to_preset's)")
     c.add_argument("--out", required=True, help="the model folder to write")
     c.add_argument("--class-names", nargs="+", metavar="NAME", help="one name per class, for the model card")
     c.add_argument("--overwrite", action="store_true", help="replace an existing folder")

@@ -1,7 +1,8 @@
 """Weights from other libraries onto kseg's builders, one package per source (`torchvision`: LR-ASPP, DeepLabV3
 and FCN whole, ResNet and MobileNet ImageNet classifiers as backbones; `smp`: segmentation_models_pytorch's Unet
-and DeepLabV3Plus on its ResNet-34/50 and MobileNetV2 encoders), read from files (`state_dict`: PyTorch's own
-format without PyTorch, safetensors, npz) and written as kseg model folders.
+and DeepLabV3Plus on its ResNet-34/50 and MobileNetV2 encoders; `keras_hub_presets`: keras-hub's SegFormer and
+DeepLabV3+ from a local preset folder), read from files (`state_dict`: PyTorch's own format without PyTorch,
+safetensors, npz; a keras-hub preset's .h5 files without keras-hub) and written as kseg model folders.
 
     kseg.models.convert.convert("torchvision:lraspp_mobilenet_v3_large", weights="lraspp.pth", out_dir="lraspp")
     kseg.models.from_pretrained("lraspp")  # takes [0, 255] RGB; torchvision's normalisation is inside
@@ -9,6 +10,7 @@ format without PyTorch, safetensors, npz) and written as kseg model folders.
 The command line: `kseg convert torchvision:lraspp_mobilenet_v3_large --weights lraspp.pth --out lraspp`;
 `kseg convert deeplabv3_resnet50 --weights deeplabv3_resnet50_coco-cd0a2569.pth --out deeplabv3` (see `names()`);
 `kseg convert smp:unet_resnet34 --weights model.safetensors --out unet` (an SMP model's `save_pretrained` folder);
+`kseg convert keras_hub:segformer --weights segformer_b0_ade20k_512 --out segformer` (a keras-hub preset folder);
 `kseg convert torchvision:resnet50 --weights resnet50-11ad3fa6.pth --out start --model fcn32s --num-classes 3`
 (an ImageNet backbone under a fresh head: `kseg train --init start` fine-tunes it).
 """
@@ -20,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from kseg.errors import KsegError
 from kseg.models import pretrained
-from kseg.models.convert import smp, state_dict, torchvision
+from kseg.models.convert import keras_hub_presets, smp, state_dict, torchvision
 from kseg.models.convert.torchvision import imagenet
 
 # "library:model" -> (converter, kseg architecture). A whole segmentation model converts into its one architecture:
@@ -38,7 +40,12 @@ SOURCES: dict[str, tuple[Callable, str | tuple]] = {
        for name in imagenet.CLASSIFIERS},
     **{name: (functools.partial(smp.segmentation, decoder, encoder), smp.DECODERS[decoder])
        for name, (decoder, encoder) in smp.SOURCES.items()},
+    "keras_hub:segformer": (keras_hub_presets.segformer, "segformer"),
+    "keras_hub:deeplabv3plus": (keras_hub_presets.deeplabv3plus, "deeplabv3plus"),
 }
+# library -> what reads its `weights` into what its converters take: a keras-hub preset folder (`keras_hub_presets.
+# read`) and the digest of it; for every other library a state dict file (`state_dict.read`) and its sha256.
+READERS: dict[str, tuple[Callable, Callable]] = {"keras_hub": (keras_hub_presets.read, keras_hub_presets.digest)}
 DEFAULT_CLASSES = 21  # a backbone's fresh head: torchvision's segmentation builders' default (Pascal VOC)
 
 
@@ -67,17 +74,18 @@ def convert_model(source: str, weights: str, input_shape: tuple = (None, None, 3
     full = source_of(source)
     build, into = SOURCES[full]
     label = f"{weights} ({full})"
+    read = READERS.get(full.split(":", 1)[0], (state_dict.read,))[0]
     if isinstance(into, str):
         if architecture not in (None, into):
             raise KsegError(f"{full} is a whole {into} model: it converts into {into}, not {architecture!r}")
         if num_classes is not None:
             raise KsegError(f"{full} has its weights' classes; kseg train --init on the converted folder changes them")
-        model, args = build(state_dict.read(weights), input_shape=input_shape, source=label)
+        model, args = build(read(weights), input_shape=input_shape, source=label)
         return model, into, args
     architecture = architecture or into[0]
     if architecture not in into:
         raise KsegError(f"{full}'s weights go into {' or '.join(into)}, not {architecture!r}")
-    model, args = build(state_dict.read(weights), architecture=architecture, input_shape=input_shape, source=label,
+    model, args = build(read(weights), architecture=architecture, input_shape=input_shape, source=label,
                         num_classes=num_classes or DEFAULT_CLASSES)
     return model, architecture, args
 
@@ -96,13 +104,17 @@ def convert(source: str, *, weights: str, out_dir: str, class_names: Sequence[st
     if backbone_only and num_classes is None and class_names:
         num_classes = len(class_names)
     model, architecture, args = convert_model(source, weights, architecture=architecture, num_classes=num_classes)
-    with open(weights, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+    digest = READERS.get(source_of(source).split(":", 1)[0], (None, _sha256))[1](weights)
     record = {"converted_from": source_of(source), "weights": os.path.abspath(weights), "weights_sha256": digest,
               **({"converted": "backbone"} if backbone_only else {})}
     return pretrained.save_pretrained(model, out_dir, architecture=architecture, builder_args=args,
                                       class_names=class_names, provenance=record, overwrite=overwrite)
 
 
-__all__ = ["DEFAULT_CLASSES", "SOURCES", "convert", "convert_model", "names", "smp", "source_of", "state_dict",
-           "torchvision"]
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+__all__ = ["DEFAULT_CLASSES", "READERS", "SOURCES", "convert", "convert_model", "keras_hub_presets", "names", "smp",
+           "source_of", "state_dict", "torchvision"]
