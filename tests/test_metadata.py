@@ -201,6 +201,54 @@ def test_mediapipe_refuses_a_float_file_without_metadata(plain, tmp_path):
         vision.ImageSegmenter.create_from_options(options)
 
 
+def centred(model):
+    """`model` with trained-like batch-norm statistics and its classifier's bias centred on synthetic images, so
+    that several classes win (a mask comparison on one class would say little)."""
+    import keras
+
+    from kseg.models import statistics
+
+    statistics.set_batch_norm_statistics(model, np.stack(images(4, "train")).astype("float32"))
+    head = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and layer.use_bias][-1]
+    kernel, bias = head.get_weights()
+    centre = keras.ops.convert_to_numpy(model(np.stack(images(8, "train")).astype("float32"))).mean(axis=(0, 1, 2))
+    head.set_weights([kernel, bias - centre])
+    return model
+
+
+def assert_mediapipe_agrees(mediapipe, path):
+    """MediaPipe's ImageSegmenter's category mask equals kseg's labels on synthetic pictures."""
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=path),
+                                           output_category_mask=True, output_confidence_masks=False)
+    kseg_runner = runtime.ArtifactPredictor(path)
+    seen = set()
+    with vision.ImageSegmenter.create_from_options(options) as segmenter:
+        for x in images(4):
+            mask = segmenter.segment(mediapipe.Image(image_format=mediapipe.ImageFormat.SRGB, data=x))
+            got = np.asarray(mask.category_mask.numpy_view()).reshape(SIZE)
+            want = kseg_runner.labels([x.astype(np.float32)])[0]
+            seen.update(np.unique(want).tolist())
+            assert (got == want).mean() >= AGREEMENT, f"{100 * (got == want).mean():.2f}% of pixels agree"
+    assert len(seen) > 1, "one class everywhere: a weak comparison"
+
+
+@pytest.mark.parametrize("name", kseg.models.names())
+def test_mediapipe_agrees_with_every_registered_architecture_in_int8(name, tmp_path):
+    """The registry's contract, MediaPipe's part: each architecture (tiny width) as a full-int8 file."""
+    mediapipe = mediapipe_or_skip()
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = centred(kseg.models.get(name, len(NAMES), tiny=True))
+    path = str(tmp_path / f"{name}_int8.tflite")
+    kseg.deploy.stage.convert(model, path, mode="int8", artifact=modes.Artifact(SIZE),
+                              origin=modes.Origin(class_names=NAMES), train=three_class_split(),
+                              settings=kseg.deploy.modes.ExportSettings(num_calibration=4))
+    assert_mediapipe_agrees(mediapipe, path)
+
+
 # The graphs kseg.models.convert writes other libraries' weights into (torchvision's padding, epsilons and heads),
 # one per architecture and backbone family: their int8 files must reach MediaPipe as the registry's do.
 CONVERTED_GRAPHS = {
@@ -215,32 +263,15 @@ CONVERTED_GRAPHS = {
 def test_mediapipe_agrees_on_converted_models_in_int8(source, tmp_path):
     mediapipe = mediapipe_or_skip()
     import keras
-    from mediapipe.tasks.python import BaseOptions, vision
 
-    from kseg.models import convert, statistics
+    from kseg.models import convert
 
     assert convert.source_of(source) == source
     architecture, args = CONVERTED_GRAPHS[source]
     keras.utils.set_random_seed(0)
-    model = kseg.models.get(architecture, len(NAMES), torchvision_compatible=True, **args)
-    statistics.set_batch_norm_statistics(model, np.stack(images(4, "train")).astype("float32"))
-    head = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and layer.use_bias][-1]
-    kernel, bias = head.get_weights()
-    centre = keras.ops.convert_to_numpy(model(np.stack(images(8, "train")).astype("float32"))).mean(axis=(0, 1, 2))
-    head.set_weights([kernel, bias - centre])  # every class wins somewhere (see the `model` fixture)
+    model = centred(kseg.models.get(architecture, len(NAMES), torchvision_compatible=True, **args))
     path = str(tmp_path / "int8.tflite")
     kseg.deploy.stage.convert(model, path, mode="int8", artifact=modes.Artifact(SIZE),
                               origin=modes.Origin(class_names=NAMES), train=three_class_split(),
                               settings=kseg.deploy.modes.ExportSettings(num_calibration=4))
-    options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=path),
-                                           output_category_mask=True, output_confidence_masks=False)
-    kseg_runner = runtime.ArtifactPredictor(path)
-    seen = set()
-    with vision.ImageSegmenter.create_from_options(options) as segmenter:
-        for x in images(4):
-            mask = segmenter.segment(mediapipe.Image(image_format=mediapipe.ImageFormat.SRGB, data=x))
-            got = np.asarray(mask.category_mask.numpy_view()).reshape(SIZE)
-            want = kseg_runner.labels([x.astype(np.float32)])[0]
-            seen.update(np.unique(want).tolist())
-            assert (got == want).mean() >= AGREEMENT
-    assert len(seen) > 1, "one class everywhere: a weak comparison"
+    assert_mediapipe_agrees(mediapipe, path)
