@@ -160,3 +160,11 @@ def test_a_whole_trained_model_fine_tunes_at_the_from_scratch_rate(keras_home, t
     assert config.learning_rate == recipe.LEARNING_RATE and "whole trained model" in choices["learning_rate"].reason
     assert resolve(TrainConfig(), colour())[0].learning_rate == recipe.FINE_TUNE_LEARNING_RATE  # ImageNet
     assert resolve(TrainConfig(init=init, learning_rate=3e-4), colour())[0].learning_rate == 3e-4
+
+
+@pytest.mark.parametrize("flag", kseg.models.arguments.COMPATIBILITY_FLAGS)
+def test_graphs_of_other_libraries_take_no_imagenet_backbone(flag):
+    """A model that computes another library's graph gets its weights from kseg.models.convert, never kseg's
+    ImageNet files (which its builder would refuse)."""
+    assert recipe.backbone_of("deeplabv3plus", {"backbone": "resnet50", flag: True}) is None
+    assert recipe.backbone_of("deeplabv3plus", {"backbone": "resnet50"}) == ("resnet50", {})

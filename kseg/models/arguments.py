@@ -48,6 +48,11 @@ def options(name, value):
         raise ArgumentError(f"{name} must be a dict of options or None, got {value!r}")
 
 
+# Builder flags that make a graph compute another library's model, for its converted weights: such a model takes
+# no ImageNet backbone weights of kseg's.
+COMPATIBILITY_FLAGS = ("torchvision_compatible", "smp_compatible", "keras_hub_compatible")
+
+
 def torchvision_compatible(value, backbone_weights):
     """A builder's `torchvision_compatible`: a bool, and then no `backbone_weights` (torchvision's weights come in
     through `kseg.models.convert`)."""

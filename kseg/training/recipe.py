@@ -48,7 +48,7 @@ import os
 import numpy as np
 
 from kseg.errors import KsegError
-from kseg.models import backbones, registry
+from kseg.models import arguments, backbones, registry
 from kseg.training.config import BATCH_RANGE, CROP, LEARNING_RATE, PIXELS_PER_BATCH, TrainConfig
 
 SMALL_DATA = 500
@@ -164,7 +164,8 @@ def imagenet_weights(config: TrainConfig) -> str | None:
 def backbone_of(model: str, kwargs: dict) -> tuple[str, dict] | None:
     """(backbone name, its options) of architecture `model` built with `kwargs`, if it takes ImageNet weights."""
     parameters = inspect.signature(registry.architecture(model).build).parameters
-    if "backbone_weights" not in parameters or "backbone" not in parameters or kwargs.get("torchvision_compatible"):
+    if ("backbone_weights" not in parameters or "backbone" not in parameters
+            or any(kwargs.get(flag) for flag in arguments.COMPATIBILITY_FLAGS)):
         return None
     name = kwargs.get("backbone", parameters["backbone"].default)
     return (name, dict(kwargs.get("backbone_kwargs") or {})) if name else None
