@@ -60,6 +60,8 @@ def segment(segmenter, source: str, destination: str, progress: bool = True, alp
         raise DataError(f"{source}: cannot read video ({first_line(error)})") from error
     meta = reader.get_meta_data()
     total = meta.get("nframes")
+    if not isinstance(total, int) and meta.get("duration") and meta.get("fps"):
+        total = round(meta["duration"] * meta["fps"])  # ffmpeg reports nframes as inf: the bar's expected length
     bar = keras.utils.Progbar(total if isinstance(total, int) else None, unit_name="frame") if progress else None
     os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
     writer = imageio.get_writer(destination, "ffmpeg", fps=meta.get("fps") or 25, codec="libx264",
