@@ -249,13 +249,27 @@ def test_mediapipe_agrees_with_every_registered_architecture_in_int8(name, tmp_p
     assert_mediapipe_agrees(mediapipe, path)
 
 
-# The graphs kseg.models.convert writes other libraries' weights into (torchvision's padding, epsilons and heads),
-# one per architecture and backbone family: their int8 files must reach MediaPipe as the registry's do.
+# The graphs kseg.models.convert writes other libraries' weights into (their padding, epsilons, resizes and heads),
+# one per architecture and backbone family and library: their int8 files must reach MediaPipe as the registry's do.
 CONVERTED_GRAPHS = {
-    "torchvision:lraspp_mobilenet_v3_large": ("lraspp", {"backbone": "mobilenetv3_large", "head_filters": 128}),
+    "torchvision:lraspp_mobilenet_v3_large": ("lraspp", {"backbone": "mobilenetv3_large", "head_filters": 128,
+                                                         "torchvision_compatible": True}),
     "torchvision:deeplabv3_mobilenet_v3_large": ("deeplabv3", {"backbone": "mobilenetv3_large", "output_stride": 16,
-                                                               "atrous_rates": [12, 24, 36], "dropout": 0.5}),
-    "torchvision:fcn_resnet50": ("fcn32s", {"backbone": "resnet50", "fc_filters": 512, "dropout": 0.1}),
+                                                               "atrous_rates": [12, 24, 36], "dropout": 0.5,
+                                                               "torchvision_compatible": True}),
+    "torchvision:fcn_resnet50": ("fcn32s", {"backbone": "resnet50", "fc_filters": 512, "dropout": 0.1,
+                                            "torchvision_compatible": True}),
+    "smp:unet_resnet34": ("unet", {"backbone": "resnet34", "filters": 16, "upsampling": "nearest",
+                                   "smp_compatible": True}),
+    "smp:deeplabv3plus_mobilenet_v2": ("deeplabv3plus", {"backbone": "mobilenetv2", "output_stride": 16,
+                                                         "atrous_rates": [12, 24, 36], "aspp_filters": 256,
+                                                         "decoder_filters": 256, "dropout": 0.5,
+                                                         "smp_compatible": True}),
+    "keras_hub:segformer": ("segformer", {"variant": "b0", "keras_hub_compatible": True}),
+    "keras_hub:deeplabv3plus": ("deeplabv3plus", {"backbone": "resnet50", "output_stride": 32, "low_level_stride": 4,
+                                                  "atrous_rates": [6, 12, 18], "aspp_filters": 256,
+                                                  "decoder_filters": 256, "low_level_filters": 48, "dropout": 0.0,
+                                                  "keras_hub_compatible": True}),
 }
 
 
@@ -269,7 +283,7 @@ def test_mediapipe_agrees_on_converted_models_in_int8(source, tmp_path):
     assert convert.source_of(source) == source
     architecture, args = CONVERTED_GRAPHS[source]
     keras.utils.set_random_seed(0)
-    model = centred(kseg.models.get(architecture, len(NAMES), torchvision_compatible=True, **args))
+    model = centred(kseg.models.get(architecture, len(NAMES), **args))
     path = str(tmp_path / "int8.tflite")
     kseg.deploy.stage.convert(model, path, mode="int8", artifact=modes.Artifact(SIZE),
                               origin=modes.Origin(class_names=NAMES), train=three_class_split(),
