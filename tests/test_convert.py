@@ -237,6 +237,19 @@ def features_of(name, model):
     return features
 
 
+def assert_matches_reference(model, npz, label):
+    """`model`'s outputs on the reference script's two images equal its saved ones within TOLERANCE of the largest
+    (the differences go to stderr: `pytest -s` shows them)."""
+    with np.load(npz) as expected:
+        for i in range(2):
+            ours, theirs = np.asarray(model(expected[f"image{i}"])), expected[f"logits{i}"]
+            assert ours.shape == theirs.shape
+            error, largest = float(np.abs(ours - theirs).max()), float(np.abs(theirs).max())
+            print(f"{label} {expected[f'image{i}'].shape[1:3]}: max abs difference {error:.2e}, largest |output| "
+                  f"{largest:.2f}, share {error / largest:.1e}", file=sys.stderr)
+            assert error <= TOLERANCE * largest
+
+
 def torch_python():
     """KSEG_TORCH_PYTHON: an interpreter with torch, torchvision and SMP (.ci/run-style venv of its own)."""
     python = os.environ.get("KSEG_TORCH_PYTHON")
@@ -255,14 +268,7 @@ def test_outputs_match_torchvision(name, tmp_path):
                    check=True, timeout=600)
     folder = convert.convert(name, weights=str(tmp_path / f"{name}.pth"), out_dir=str(tmp_path / "kseg"))
     model = features_of(name, kseg.models.from_pretrained(folder))
-    with np.load(tmp_path / f"{name}.npz") as expected:
-        for i in range(2):
-            ours, theirs = np.asarray(model(expected[f"image{i}"])), expected[f"logits{i}"]
-            assert ours.shape == theirs.shape
-            error = float(np.abs(ours - theirs).max())
-            print(f"{name} {expected[f'image{i}'].shape[1:3]}: max abs difference {error:.2e}, largest |output| "
-                  f"{np.abs(theirs).max():.2f}", file=sys.stderr)
-            assert error <= TOLERANCE * float(np.abs(theirs).max())
+    assert_matches_reference(model, tmp_path / f"{name}.npz", name)
 
 
 # SMP source -> (kseg architecture, the builder arguments its converter gives)
@@ -374,11 +380,4 @@ def test_outputs_match_smp(name, tmp_path):
                     *SMP_SIZES[name.split("_")[0]]], check=True, timeout=600)
     model = kseg.models.from_pretrained(convert.convert(f"smp:{name}", weights=str(tmp_path / f"{name}.pth"),
                                                        out_dir=str(tmp_path / "kseg")))
-    with np.load(tmp_path / f"{name}.npz") as expected:
-        for i in range(2):
-            ours, theirs = np.asarray(model(expected[f"image{i}"])), expected[f"logits{i}"]
-            assert ours.shape == theirs.shape
-            error = float(np.abs(ours - theirs).max())
-            print(f"smp:{name} {expected[f'image{i}'].shape[1:3]}: max abs difference {error:.2e}, largest |logit| "
-                  f"{np.abs(theirs).max():.2f}, share {error / np.abs(theirs).max():.1e}", file=sys.stderr)
-            assert error <= TOLERANCE * float(np.abs(theirs).max())
+    assert_matches_reference(model, tmp_path / f"{name}.npz", f"smp:{name}")
