@@ -58,6 +58,11 @@ import sys
 
 import numpy as np
 
+# nilearn's MNI152 T1 template and its grey- and white-matter maps: both MNI152 datasets read these
+MNI152_FILES = ["datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+                "datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+                "datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"]
+
 DATASETS = {
     "dsb2018_nuclei": {
         "package": "stardist",
@@ -84,9 +89,7 @@ DATASETS = {
         "package": "nilearn",
         "dist": "nilearn",
         "pip": "pip install --no-deps nilearn==0.14.1 && pip install nibabel pillow numpy",
-        "files": ["datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-                  "datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-                  "datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"],
+        "files": MNI152_FILES,
         "classes": ["other", "grey_matter", "white_matter"],
         "licence": "nilearn BSD-3-Clause; ICBM 2009a MNI152 template (c) McConnell Brain Imaging Centre, "
                    "free use with copyright notice",
@@ -97,9 +100,7 @@ DATASETS = {
         "package": "nilearn",
         "dist": "nilearn",
         "pip": "pip install --no-deps nilearn==0.14.1 && pip install nibabel pillow numpy",
-        "files": ["datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-                  "datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-                  "datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"],
+        "files": MNI152_FILES,
         "classes": ["background", "enclosed_csf"],
         "licence": "nilearn BSD-3-Clause; ICBM 2009a MNI152 template (c) McConnell Brain Imaging Centre, "
                    "free use with copyright notice",

@@ -84,18 +84,23 @@ def torch_tensors(model, names):
     return tensors
 
 
-def torchvision_like(name):
-    """The kseg model that torchvision's `name` converts to (4 classes) with random batch-norm statistics, and its
-    weights as torchvision names (an ImageNet classifier's: the backbone's, and a classification head)."""
-    keras.utils.set_random_seed(0)
-    architecture, args = {**CONVERTED, **BACKBONES}[name]
-    model = kseg.models.get(architecture, 4, **args)
+def with_random_batch_norm(model):
+    """`model` with random batch-norm statistics and affine parameters (a swapped mean and variance shows)."""
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             rng = np.random.default_rng(len(layer.name))
             gamma, beta, mean, variance = layer.get_weights()
             layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
                                rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)])
+    return model
+
+
+def torchvision_like(name):
+    """The kseg model that torchvision's `name` converts to (4 classes) with random batch-norm statistics, and its
+    weights as torchvision names (an ImageNet classifier's: the backbone's, and a classification head)."""
+    keras.utils.set_random_seed(0)
+    architecture, args = {**CONVERTED, **BACKBONES}[name]
+    model = with_random_batch_norm(kseg.models.get(architecture, 4, **args))
     if name in CONVERTED:
         return model, torch_tensors(model, torchvision.names_of(model))
     tensors = torch_tensors(model, torchvision.backbone_names(model, imagenet.CLASSIFIERS[name][2]))
@@ -291,13 +296,7 @@ def smp_like(name):
     state dict names."""
     keras.utils.set_random_seed(0)
     architecture, args = SMP_CONVERTED[name]
-    model = kseg.models.get(architecture, 4, **args)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            rng = np.random.default_rng(len(layer.name))
-            gamma, beta, mean, variance = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
-                               rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, variance.shape)])
+    model = with_random_batch_norm(kseg.models.get(architecture, 4, **args))
     return model, torch_tensors(model, smp.names_of(model))
 
 
