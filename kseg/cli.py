@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from kseg import commands, settings
+from kseg import commands, demo, settings
 from kseg.deploy import modes
 from kseg.errors import KsegError, first_line
 from kseg.training.config import FORMAT_HELP, TrainConfig
@@ -26,7 +26,8 @@ def parser():
 
     c = subcommands.add_parser("demo", help="train, evaluate, export, benchmark on the embedded data; write a report")
     c.add_argument("--out", default="kseg-demo", help="report folder (default: kseg-demo)")
-    c.add_argument("--steps", type=int, help="training steps (default 1600; --quick: 30)")
+    c.add_argument("--steps", type=int, help=f"training steps (default {demo.STEPS}, or {demo.TRAINING_BUDGET:g} s "
+                                             f"from the start, whichever ends first; --quick: {demo.QUICK_STEPS})")
     c.add_argument("--quick", action="store_true", help="a one-minute run with a narrow model and tiny data")
     c.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     c.set_defaults(func=commands.cmd_demo)

@@ -213,6 +213,7 @@ def test_demo_quick_writes_the_report(tmp_path):
         assert os.path.getsize(out / picture) > 1000
     results = json.loads((out / "results.json").read_text())
     assert set(results["artifacts"]) == {"keras", "float32", "int8"}
+    assert results["model"].startswith("unet, ") and results["model"] in report
 
 
 @pytest.mark.slow
