@@ -52,6 +52,36 @@ def test_int8_labels_agree_with_float_on_a_trained_model(trained):
 
 
 @pytest.mark.slow
+def test_int8_file_requantizes_before_the_final_resize(trained):
+    """The converter's output QUANTIZE (int8 to uint8 at full size) runs on the small tensor in the published file,
+    and the file computes exactly what the converter's graph does."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model, train, out = trained
+    artifact = modes.Artifact(SIZE)
+    converted = litert.litert_flatbuffer(model, mode="int8", artifact=artifact, calibration=train)
+    path = str(out / "requantized.tflite")
+    litert.write_litert(converted, path, model=model, mode="int8", artifact=artifact)
+    published = flatbuffer_utils.read_model(path)
+    graph = published.subgraphs[0]
+    names = [flatbuffer_utils.opcode_to_name(published, op.opcodeIndex) for op in graph.operators]
+    assert names[-2:] == ["QUANTIZE", "RESIZE_BILINEAR"]
+    assert list(graph.tensors[graph.operators[-2].outputs[0]].shape)[1:3] != list(SIZE)  # the small tensor
+    image = np.random.default_rng(0).integers(0, 256, (1, *SIZE, 3), dtype=np.uint8)
+    outputs = []
+    for content in (converted, open(path, "rb").read()):
+        interpreter = Interpreter(model_content=content)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image)
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    assert outputs[0].dtype == outputs[1].dtype == np.uint8 and outputs[0].shape == outputs[1].shape
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert litert.requantize_before_resize(open(path, "rb").read()) == open(path, "rb").read()  # nothing left to move
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["float16", "dynamic", "int8"])
 def test_fused_label_map_output(trained, mode):
     model, train, out = trained
