@@ -119,7 +119,7 @@ def _settings(args, cls=modes.ExportSettings, **more):
 def cmd_export(args):
     import kseg
     from kseg import provenance, runtime
-    from kseg.deploy import litert, stage
+    from kseg.deploy import savedmodel, stage
 
     path, stem = _checkpoint(args.model)
     model = runtime.load_keras(path)
@@ -128,7 +128,7 @@ def cmd_export(args):
     needs_data = any(modes.get(mode).needs_data for mode in args.modes)
     train = kseg.data.load(data, "train", num_classes=args.num_classes) if needs_data else None
     if args.savedmodel:
-        print(litert.save_savedmodel(model, os.path.join(args.out, stem + "_savedmodel")))
+        print(savedmodel.save(model, os.path.join(args.out, stem + "_savedmodel")))
     results = stage.export_checkpoint(model, args.out, args.modes, input_size=args.input_size, train=train,
                                       settings=_settings(args), output=args.output, io_dtype=args.io_dtype,
                                       source=path, stem=stem)

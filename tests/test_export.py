@@ -10,7 +10,7 @@ from conftest import requires_tensorflow
 
 import kseg
 from kseg import runtime
-from kseg.deploy import litert, modes
+from kseg.deploy import litert, modes, savedmodel
 
 pytestmark = requires_tensorflow
 SIZE = (48, 56)
@@ -61,16 +61,16 @@ def test_int8_file_requantizes_before_the_final_resize(trained):
     model, train, out = trained
     artifact = modes.Artifact(SIZE)
     converted = litert.litert_flatbuffer(model, mode="int8", artifact=artifact, calibration=train)
-    path = str(out / "requantized.tflite")
-    litert.write_litert(converted, path, model=model, mode="int8", artifact=artifact)
-    published = flatbuffer_utils.read_model(path)
+    path = out / "requantized.tflite"
+    litert.write_litert(converted, str(path), model=model, mode="int8", artifact=artifact)
+    published = flatbuffer_utils.read_model(str(path))
     graph = published.subgraphs[0]
     names = [flatbuffer_utils.opcode_to_name(published, op.opcodeIndex) for op in graph.operators]
     assert names[-2:] == ["QUANTIZE", "RESIZE_BILINEAR"]
     assert list(graph.tensors[graph.operators[-2].outputs[0]].shape)[1:3] != list(SIZE)  # the small tensor
     image = np.random.default_rng(0).integers(0, 256, (1, *SIZE, 3), dtype=np.uint8)
     outputs = []
-    for content in (converted, open(path, "rb").read()):
+    for content in (converted, path.read_bytes()):
         interpreter = Interpreter(model_content=content)
         interpreter.allocate_tensors()
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image)
@@ -78,7 +78,7 @@ def test_int8_file_requantizes_before_the_final_resize(trained):
         outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
     assert outputs[0].dtype == outputs[1].dtype == np.uint8 and outputs[0].shape == outputs[1].shape
     np.testing.assert_array_equal(outputs[0], outputs[1])
-    assert litert.requantize_before_resize(open(path, "rb").read()) == open(path, "rb").read()  # nothing left to move
+    assert litert.requantize_before_resize(path.read_bytes()) == path.read_bytes()  # nothing left to move
 
 
 @pytest.mark.slow
@@ -131,7 +131,7 @@ def test_savedmodel_serves_inference_mode(trained):
     import tensorflow as tf
 
     model, train, out = trained
-    path = litert.save_savedmodel(model, str(out / "savedmodel"))
+    path = savedmodel.save(model, str(out / "savedmodel"))
     x = np.stack(images(train, 2))
     loaded = tf.saved_model.load(path)  # keep a reference: its variables live as long as it does
     served = loaded.serve(tf.constant(x)).numpy()

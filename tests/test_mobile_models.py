@@ -193,3 +193,47 @@ def test_float32_litert_file_suits_the_gpu_delegate(name):
     report = gpu.check(float32_flatbuffer(kseg.models.get(name, 19), (65, 67)))
     assert report["analyzer"]["compatible"] and report["kseg"]["compatible"], report["problems"]
     assert report["compatible"]
+
+
+@requires_tensorflow
+@pytest.mark.slow
+def test_int8_file_folds_hard_swish_divisions_into_the_scales():
+    """LR-ASPP's int8 file loses the `x / 6` multiplies of its hard-swishes and hard-sigmoids
+    (`kseg.deploy.litert.fold_constant_multiplies`) and its logits come no farther from the float model's."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from kseg.deploy import litert, modes
+    from kseg.models import statistics
+
+    size = (64, 72)
+    keras.utils.set_random_seed(0)
+    model = kseg.models.get("lraspp", 6, backbone_kwargs={"alpha": 0.5}, head_filters=32)
+    images = pixels(size, batch=8)
+    statistics.set_batch_norm_statistics(model, images)  # trained-like activation ranges
+    converted = litert.litert_flatbuffer(model, mode="int8", artifact=modes.Artifact(size),
+                                         calibration=[image[None] for image in images])
+    folded = litert.fold_constant_multiplies(converted)
+
+    def multiplies(flatbuffer):
+        graph = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
+        return [flatbuffer_utils.opcode_to_name(graph, op.opcodeIndex) for op in graph.subgraphs[0].operators
+                ].count("MUL")
+
+    assert multiplies(folded) <= multiplies(converted) - 10
+    assert litert.fold_constant_multiplies(folded) == folded  # what is left cannot be folded
+
+    def error(flatbuffer):
+        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter.allocate_tensors()
+        given, returned = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        scale, zero = returned["quantization"]
+        errors = []
+        for image in images[4:]:
+            interpreter.set_tensor(given["index"], image[None].astype(given["dtype"]))
+            interpreter.invoke()
+            logits = (interpreter.get_tensor(returned["index"]).astype("float32") - zero) * scale
+            errors.append(np.abs(logits - keras.ops.convert_to_numpy(model(image[None], training=False))).mean())
+        return float(np.mean(errors))
+
+    assert error(folded) <= 1.05 * error(converted)

@@ -21,7 +21,7 @@ LAYERS = (
     # deployment, bottom to top: the modes table and graph readers; converters; fine-tunes and quantizer
     # recipes; one export request end to end and the study of all modes
     ("kseg.deploy", "kseg.deploy.modes", "kseg.deploy.metadata", "kseg.deploy.litert_graph"),
-    ("kseg.deploy.litert", "kseg.deploy.onnx_export"),
+    ("kseg.deploy.litert", "kseg.deploy.savedmodel", "kseg.deploy.onnx_export"),
     ("kseg.deploy.mixed_precision", "kseg.deploy.quantizer", "kseg.deploy.compression"),
     ("kseg.deploy.stage", "kseg.deploy.study"),
     # front ends
