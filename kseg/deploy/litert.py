@@ -201,7 +201,7 @@ def fold_constant_multiplies(flatbuffer: bytes) -> bytes:
     for op in graph.operators:
         for position, tensor in enumerate(op.inputs):
             users.setdefault(tensor, []).append((op, position))
-    flow = _Flow(graph, name, users)
+    flow = _Flow(model, graph, name, users)
     dropped = []
     for op in graph.operators:
         factor = _constant_scalar(model, graph, op) if name[id(op)] == "MUL" else None
@@ -226,7 +226,8 @@ def fold_constant_multiplies(flatbuffer: bytes) -> bytes:
 
 
 class _Flow(NamedTuple):
-    graph: object  # tfl.SubGraphT
+    model: object  # tfl.ModelT, and its graph: a tfl.SubGraphT
+    graph: object
     name: dict  # id(op) -> builtin op name
     users: dict  # tensor -> [(op, input position)]
 
@@ -234,18 +235,18 @@ class _Flow(NamedTuple):
 def _carry(flow, tensor, factor, scales):
     """Plans `tensor` (int8) holding `factor` x its value: {tensor: multiple of its scale}, into `scales`; False
     where some path from it cannot take the factor."""
-    graph, name, users = flow
+    model, graph, name, users = flow
     quantization = graph.tensors[tensor].quantization
     if tensor in graph.outputs or tensor in scales or quantization is None or not quantization.scale:
         return False
     scales[tensor] = factor
     for op, position in users.get(tensor, []):
-        activation = getattr(op.builtinOptions, "fusedActivationFunction", 0)
-        if name[id(op)] in _ABSORBERS and position == 0 and len(users[op.inputs[1]]) == 1:
+        kind, activation = name[id(op)], getattr(op.builtinOptions, "fusedActivationFunction", 0)
+        if kind in _ABSORBERS and position == 0 and len(users[op.inputs[1]]) == 1 and _constant(
+                model, graph.tensors[op.inputs[1]]):
             scales[op.inputs[1]] = 1 / factor
-        elif name[id(op)] not in _SCALE_CARRIERS or activation or (position != 0 and name[id(op)] != "MUL") or (
-                name[id(op)] == "MUL" and op.inputs[0] == op.inputs[1]) or not _carry(flow, op.outputs[0], factor,
-                                                                                     scales):
+        elif kind not in _SCALE_CARRIERS or activation or (position != 0 and kind != "MUL") or (
+                kind == "MUL" and op.inputs[0] == op.inputs[1]) or not _carry(flow, op.outputs[0], factor, scales):
             return False
     return True
 
