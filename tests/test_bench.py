@@ -131,3 +131,19 @@ def test_the_onnxruntime_profile_counts_the_last_runs_only():
     rows = bench.summarise_onnx_profile(events, runs=2)
     assert rows == [{"op": "Conv", "nodes": 1, "ms": 0.03, "share": 0.75},
                     {"op": "Resize", "nodes": 1, "ms": 0.01, "share": 0.25}]
+
+
+@pytest.mark.slow
+def test_export_notes_a_file_slower_than_float32_and_the_reference_kernels_behind_it(tmp_path, capsys):
+    """int16x8 runs its convolutions on LiteRT's reference kernels: the export says so in one note, naming them."""
+    from kseg.deploy import stage
+
+    keras.utils.set_random_seed(0)
+    model = kseg.models.get("unet", 3, tiny=True)  # the fixture's random DeepLabV3+ overflows int16x8's ranges
+    train = kseg.data.from_synthetic("train", num_images=4, size=SIZE)
+    results = stage.export_checkpoint(model, str(tmp_path), ["float32", "int16x8", "int8"],
+                                      input_size=SIZE, train=train, threads=(1,), runs=5)
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  note: ")]
+    assert len(notes) == 1 and notes[0].startswith("  note: int16x8 ran ") and "CONV_2D" in notes[0], notes
+    assert profiler.slower_than_float32([result for result in results if result.mode != "int16x8"]) == []
+    assert profiler.slower_than_float32(results[1:]) == []  # no float32 file: nothing to compare with

@@ -19,7 +19,7 @@ import numpy as np
 from kseg import files, provenance, report, runtime
 from kseg.deploy import gpu, litert, modes
 from kseg.errors import KsegError
-from kseg.runtime import bench, evaluation
+from kseg.runtime import bench, evaluation, profiler
 from kseg.runtime.evaluation import EvaluationResult
 
 
@@ -203,6 +203,9 @@ def export_checkpoint(checkpoint, out_dir: str, mode_names, *, input_size=None, 
         results.append(result)
         if progress:
             print(f"  {result.summary()}", flush=True)
+    if progress:
+        for note in profiler.slower_than_float32(results):
+            print(f"  note: {note}", flush=True)
     return results
 
 

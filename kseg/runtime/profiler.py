@@ -229,3 +229,43 @@ def op_times(path, num_threads=None, runs=20, warmup=2):
     """Per op type: nodes, milliseconds per run and share of the profiled time, slowest first."""
     with ProfiledModel(path, num_threads) as model:
         return parse_summary(model.summary(runs, warmup), runs)
+
+
+def reference_kernel_ops(path, num_threads=None, runs=5, min_share=0.1):
+    """[(op, share of the call)] of the ops that LiteRT's own kernels ran (not XNNPACK) taking at least `min_share`
+    of a call each: what makes a quantized file slower than its float32 twin on a CPU (int16x8 convolutions,
+    int8 BATCH_MATMUL). Empty where the profiler cannot run here."""
+    try:
+        rows = op_times(path, num_threads=num_threads, runs=runs, warmup=1)
+    except (KsegError, OSError, AttributeError):
+        return []
+    return [(row["op"], row["share"]) for row in rows if not row["op"].startswith("Delegate/")
+            and row["share"] >= min_share]
+
+
+def slower_than_float32(results) -> list[str]:
+    """A line for each LiteRT file of one export (objects with `mode`, `path` and `latency`: str(threads) ->
+    `kseg.runtime.bench` statistics, as `kseg.deploy.stage.StageResult`) that ran over 1.1x slower than its float32
+    file, naming the ops LiteRT's reference kernels ran for it (`reference_kernel_ops`)."""
+    float32 = next((result for result in results if result.mode == "float32" and result.latency), None)
+    if float32 is None:
+        return []
+    notes = []
+    for result in results:
+        shared = [threads for threads in result.latency if threads in float32.latency]
+        if result.mode == "float32" or not shared or not result.path.endswith(".tflite"):
+            continue
+        threads = max(shared, key=int)
+        ratio = result.latency[threads]["mean_ms"] / float32.latency[threads]["mean_ms"]
+        if ratio <= 1.1:
+            continue
+        slow = reference_kernel_ops(result.path, num_threads=int(threads))
+        note = f"{result.mode} ran {ratio:.1f}x slower than float32 at {threads} threads"
+        if slow:
+            note += "; LiteRT's reference kernels (not XNNPACK) ran " + ", ".join(
+                f"{op} ({100 * share:.0f}% of the call)" for op, share in slow)
+        if slow and result.mode in ("int8", "qat_int8"):  # int8 with those ops in float is the mixed mode
+            names = " ".join(sorted({op for op, _ in slow}))
+            note += f": `--modes mixed --float-ops {names}` keeps them in float"
+        notes.append(note)
+    return notes
