@@ -231,6 +231,9 @@ def op_times(path, num_threads=None, runs=20, warmup=2):
         return parse_summary(model.summary(runs, warmup), runs)
 
 
+SLOWER = 1.1  # a quantized file this many times its float32 file's latency, or more, gets a note at export
+
+
 def reference_kernel_ops(path, num_threads=None, runs=5, min_share=0.1):
     """[(op, share of the call)] of the ops that LiteRT's own kernels ran (not XNNPACK) taking at least `min_share`
     of a call each: what makes a quantized file slower than its float32 twin on a CPU (int16x8 convolutions,
@@ -245,8 +248,8 @@ def reference_kernel_ops(path, num_threads=None, runs=5, min_share=0.1):
 
 def slower_than_float32(results) -> list[str]:
     """A line for each LiteRT file of one export (objects with `mode`, `path` and `latency`: str(threads) ->
-    `kseg.runtime.bench` statistics, as `kseg.deploy.stage.StageResult`) that ran over 1.1x slower than its float32
-    file, naming the ops LiteRT's reference kernels ran for it (`reference_kernel_ops`)."""
+    `kseg.runtime.bench` statistics, as `kseg.deploy.stage.StageResult`) that ran over `SLOWER` x its float32
+    file's time, naming the ops LiteRT's reference kernels ran for it (`reference_kernel_ops`)."""
     float32 = next((result for result in results if result.mode == "float32" and result.latency), None)
     if float32 is None:
         return []
@@ -257,7 +260,7 @@ def slower_than_float32(results) -> list[str]:
             continue
         threads = max(shared, key=int)
         ratio = result.latency[threads]["mean_ms"] / float32.latency[threads]["mean_ms"]
-        if ratio <= 1.1:
+        if ratio <= SLOWER:
             continue
         slow = reference_kernel_ops(result.path, num_threads=int(threads))
         note = f"{result.mode} ran {ratio:.1f}x slower than float32 at {threads} threads"
