@@ -9,11 +9,11 @@ import dataclasses
 import os
 import time
 
-import numpy as np
-
 import kseg
-from kseg import report, viz
 from kseg.training.config import TrainConfig
+
+# numpy, PIL and the report's plotting are imported where used: `kseg.cli` reads this module's constants for its help,
+# and every command's start-up would pay for them.
 
 
 def _demo_training():
@@ -128,7 +128,7 @@ def run(config):
 
 
 def _write_report(config, results, evaluations, entries):
-    from kseg import files
+    from kseg import files, report
 
     out = config.out_dir
     threads = max(config.threads)
@@ -168,7 +168,10 @@ Image, ground truth, Keras prediction, int8 LiteRT prediction:
 
 
 def _overlays(evaluations, path, count=4):
+    import numpy as np
     from PIL import Image
+
+    from kseg import viz
 
     rows = []
     for (image, truth, keras_labels), (_, _, int8_labels) in zip(
