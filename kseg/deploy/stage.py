@@ -203,9 +203,7 @@ def export_checkpoint(checkpoint, out_dir: str, mode_names, *, input_size=None, 
         results.append(result)
         if progress:
             print(f"  {result.summary()}", flush=True)
-    float32 = next((result.latency for result in results if result.mode == "float32"), {})
-    if progress and any(stats["mean_ms"] > profiler.SLOWER * float32[t]["mean_ms"] for result in results  # cheap test
-                        for t, stats in result.latency.items() if t in float32):           # before any profiling
+    if progress and any(result.latency for result in results):  # timed files only: nothing to compare otherwise
         for note in profiler.slower_than_float32(results):
             print(f"  note: {note}", flush=True)
     return results
