@@ -135,8 +135,8 @@ def litert_flatbuffer(model, *, mode: str, artifact: modes.Artifact, calibration
 def write_litert(flatbuffer: bytes, path: str, *, model, mode: str, artifact: modes.Artifact,
                  origin: modes.Origin | None = None, calibration: dict | None = None,
                  extras: dict | None = None) -> dict:
-    """Publishes a converted model as every kseg LiteRT file is published: an output requantization moved in front
-    of a final resize (`requantize_before_resize`), TFLite metadata embedded, then the
+    """Publishes a converted model as every kseg LiteRT file is published: its int8 graph rewritten where that is
+    faster (`requantize_before_resize`, `fold_constant_multiplies`), TFLite metadata embedded, then the
     file and its sidecar (`calibration`: `calibration_record`'s; plus the `extras` entries; float32 and float16
     files also get `"gpu"`, `kseg.deploy.gpu.check`'s report); returns the sidecar dict."""
     origin = origin if origin is not None else modes.Origin.of(model)
@@ -210,7 +210,8 @@ def fold_constant_multiplies(flatbuffer: bytes) -> bytes:
         (second, position), = users[op.outputs[0]]
         if name[id(second)] != "MUL" or getattr(second.builtinOptions, "fusedActivationFunction", 0):
             continue
-        source = next(t for t in op.inputs if graph.tensors[t].quantization and not _constant(model, graph.tensors[t]))
+        source = next(t for t in op.inputs
+                      if graph.tensors[t].quantization and not metadata.is_constant(model, graph.tensors[t]))
         scales: dict[int, float] = {}
         if not _carry(flow, second.outputs[0], 1 / factor, scales):
             continue
@@ -242,17 +243,13 @@ def _carry(flow, tensor, factor, scales):
     scales[tensor] = factor
     for op, position in users.get(tensor, []):
         kind, activation = name[id(op)], getattr(op.builtinOptions, "fusedActivationFunction", 0)
-        if kind in _ABSORBERS and position == 0 and len(users[op.inputs[1]]) == 1 and _constant(
+        if kind in _ABSORBERS and position == 0 and len(users[op.inputs[1]]) == 1 and metadata.is_constant(
                 model, graph.tensors[op.inputs[1]]):
             scales[op.inputs[1]] = 1 / factor
         elif kind not in _SCALE_CARRIERS or activation or (position != 0 and kind != "MUL") or (
                 kind == "MUL" and op.inputs[0] == op.inputs[1]) or not _carry(flow, op.outputs[0], factor, scales):
             return False
     return True
-
-
-def _constant(model, tensor):
-    return model.buffers[tensor.buffer].data is not None and len(model.buffers[tensor.buffer].data) > 0
 
 
 def _constant_scalar(model, graph, op):
@@ -265,6 +262,7 @@ def _constant_scalar(model, graph, op):
             value = int(np.asarray(data, np.uint8).view(np.int8)[0])
             return float(quantization.scale[0]) * (value - int(quantization.zeroPoint[0]))
     return None
+
 
 def _with_metadata(flatbuffer, class_names, channels):
     """The file with TFLite metadata that MediaPipe's ImageSegmenter reads (`kseg.deploy.metadata`), and the

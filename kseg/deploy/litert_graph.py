@@ -18,7 +18,7 @@ from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.tools import flatbuffer_utils
 from ai_edge_quantizer.utils import tfl_interpreter_utils
 
-from kseg.deploy.metadata import AlignedBuffer
+from kseg.deploy.metadata import AlignedBuffer, is_constant
 from kseg.errors import KsegError
 
 SIGNATURE = "serving_default"  # AEQ runs a model through a signature; kseg's converter writes none
@@ -90,11 +90,6 @@ def ops(flatbuffer):
                         inputs=names(op.inputs, constant=False), outputs=outputs,
                         constants=names(op.inputs, constant=True)))
     return found
-
-
-def is_constant(model, tensor):
-    data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
-    return data is not None and len(data) > 0
 
 
 @dataclasses.dataclass(frozen=True)

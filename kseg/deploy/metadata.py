@@ -241,6 +241,12 @@ class AlignedBuffer(tfl.BufferT):
         return tfl.BufferEnd(builder)
 
 
+def is_constant(model, tensor):
+    """Whether a tensor of `model` (a `tfl.ModelT`) has its data in the file: weights and other constants."""
+    data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
+    return data is not None and len(data) > 0
+
+
 def _with_buffer(model_bytes, metadata):
     """The model flatbuffer (without anything appended to it) with `metadata` as its TFLITE_METADATA buffer."""
     model = tfl.ModelT.InitFromObj(tfl.Model.GetRootAs(model_bytes, 0))
