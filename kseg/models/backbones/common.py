@@ -63,7 +63,7 @@ def normalize(pixels, mean, std, bgr=False):
     offset = [-m / s for m, s in zip(mean, std)]
     if len(set(scale)) == 1 and len(set(offset)) == 1:
         scale, offset = scale[0], offset[0]
-    x = layers.Rescaling(scale, offset, name="normalize")(pixels)
+    x = rescale(pixels, scale, offset)
     return ReverseChannels(name="rgb_to_bgr")(x) if bgr else x
 
 
@@ -73,4 +73,3 @@ def rescale(pixels, scale=None, offset=None):
     (keras_hub/src/layers/preprocessing/image_converter.py) inside the graph."""
     scale, offset = 1.0 if scale is None else scale, 0.0 if offset is None else offset
     return layers.Rescaling(scale, offset, name="normalize")(pixels)
-

@@ -45,7 +45,18 @@ SOURCES: dict[str, tuple[Callable, str | tuple]] = {
 }
 # library -> what reads its `weights` into what its converters take: a keras-hub preset folder (`keras_hub_presets.
 # read`) and the digest of it; for every other library a state dict file (`state_dict.read`) and its sha256.
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 READERS: dict[str, tuple[Callable, Callable]] = {"keras_hub": (keras_hub_presets.read, keras_hub_presets.digest)}
+STATE_DICT_READER = (state_dict.read, _sha256)
+
+
+def _reader(full_name: str) -> tuple[Callable, Callable]:
+    """(read, digest) of a source's weights: its library's in `READERS`, else a state dict file's."""
+    return READERS.get(full_name.split(":", 1)[0], STATE_DICT_READER)
 DEFAULT_CLASSES = 21  # a backbone's fresh head: torchvision's segmentation builders' default (Pascal VOC)
 
 
@@ -74,7 +85,7 @@ def convert_model(source: str, weights: str, input_shape: tuple = (None, None, 3
     full = source_of(source)
     build, into = SOURCES[full]
     label = f"{weights} ({full})"
-    read = READERS.get(full.split(":", 1)[0], (state_dict.read,))[0]
+    read = _reader(full)[0]
     if isinstance(into, str):
         if architecture not in (None, into):
             raise KsegError(f"{full} is a whole {into} model: it converts into {into}, not {architecture!r}")
@@ -104,16 +115,11 @@ def convert(source: str, *, weights: str, out_dir: str, class_names: Sequence[st
     if backbone_only and num_classes is None and class_names:
         num_classes = len(class_names)
     model, architecture, args = convert_model(source, weights, architecture=architecture, num_classes=num_classes)
-    digest = READERS.get(source_of(source).split(":", 1)[0], (None, _sha256))[1](weights)
+    digest = _reader(source_of(source))[1](weights)
     record = {"converted_from": source_of(source), "weights": os.path.abspath(weights), "weights_sha256": digest,
               **({"converted": "backbone"} if backbone_only else {})}
     return pretrained.save_pretrained(model, out_dir, architecture=architecture, builder_args=args,
                                       class_names=class_names, provenance=record, overwrite=overwrite)
-
-
-def _sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 __all__ = ["DEFAULT_CLASSES", "READERS", "SOURCES", "convert", "convert_model", "keras_hub_presets", "names", "smp",
