@@ -12,18 +12,11 @@ head (`aux_params`), which the converter skips.
 
 import sys
 
-import numpy as np
 import segmentation_models_pytorch as smp
 import torch
+from torch_reference import normalise, save_reference  # SMP's preprocessing of these encoders is torchvision's
 
-MEAN = (0.485, 0.456, 0.406)  # SMP's ImageNet preprocessing (get_preprocessing_params) of these encoders
-STD = (0.229, 0.224, 0.225)
 DECODERS = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus}
-
-
-def normalise(pixels):
-    """[0, 255] RGB, channels first, as SMP's ImageNet preprocessing hands it to the model."""
-    return (pixels / 255.0 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def main(name, out_dir, *sizes):
@@ -45,18 +38,12 @@ def main(name, out_dir, *sizes):
             module.running_mean.add_(torch.randn_like(module.running_mean) * 0.5 * module.running_var.sqrt())
             module.weight.uniform_(0.5, 1.5)
             module.bias.normal_(0, 0.2)
-    model.eval()
-    torch.save(model.state_dict(), f"{out_dir}/{name}.pth")
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for i, size in enumerate(sizes):
-        height, width = (int(s) for s in size.split("x"))
-        image = rng.uniform(0, 255, (1, height, width, 3)).astype(np.float32)
-        with torch.no_grad():
-            logits = model(normalise(torch.from_numpy(image).permute(0, 3, 1, 2)))
-        logits = logits[0] if isinstance(logits, tuple) else logits  # (masks, labels) with aux_params
-        arrays[f"image{i}"], arrays[f"logits{i}"] = image, logits.permute(0, 2, 3, 1).numpy()
-    np.savez(f"{out_dir}/{name}.npz", **arrays)
+
+    def run(x):
+        logits = model(x)
+        return logits[0] if isinstance(logits, tuple) else logits  # (masks, labels) with aux_params
+
+    save_reference(model, run, name, out_dir, sizes)
     print(f"torch {torch.__version__}, segmentation_models_pytorch {smp.__version__}")
 
 

@@ -17,8 +17,29 @@ import numpy as np
 import torch
 import torchvision
 
-MEAN = (0.485, 0.456, 0.406)
+MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation, and SMP's preprocessing of its encoders
 STD = (0.229, 0.224, 0.225)
+
+
+def normalise(pixels):
+    """[0, 255] RGB, channels first, normalised as the ImageNet-trained models take it."""
+    return (pixels / 255.0 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def save_reference(model, run, name, out_dir, sizes):
+    """Saves `model`'s state dict as OUT_DIR/NAME.pth and, in OUT_DIR/NAME.npz, fixed [0, 255] images of `sizes`
+    ("HxW") with `run`'s outputs on them (normalised first), both channels-last."""
+    model.eval()
+    torch.save(model.state_dict(), f"{out_dir}/{name}.pth")
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for i, size in enumerate(sizes):
+        height, width = (int(s) for s in size.split("x"))
+        image = rng.uniform(0, 255, (1, height, width, 3)).astype(np.float32)
+        with torch.no_grad():
+            outputs = run(normalise(torch.from_numpy(image).permute(0, 3, 1, 2)))
+        arrays[f"image{i}"], arrays[f"logits{i}"] = image, outputs.permute(0, 2, 3, 1).numpy()
+    np.savez(f"{out_dir}/{name}.npz", **arrays)
 
 
 def classifier(name):
@@ -63,19 +84,7 @@ def main(name, out_dir, *sizes):
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0, 0.2)
-    model.eval()
-    torch.save(model.state_dict(), f"{out_dir}/{name}.pth")
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for i, size in enumerate(sizes):
-        height, width = (int(s) for s in size.split("x"))
-        image = rng.uniform(0, 255, (1, height, width, 3)).astype(np.float32)
-        x = torch.from_numpy(image).permute(0, 3, 1, 2) / 255.0
-        x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-        with torch.no_grad():
-            logits = run(x).permute(0, 2, 3, 1).numpy()
-        arrays[f"image{i}"], arrays[f"logits{i}"] = image, logits
-    np.savez(f"{out_dir}/{name}.npz", **arrays)
+    save_reference(model, run, name, out_dir, sizes)
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
 
 
