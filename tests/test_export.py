@@ -52,9 +52,11 @@ def test_int8_labels_agree_with_float_on_a_trained_model(trained):
 
 
 @pytest.mark.slow
-def test_int8_file_requantizes_before_the_final_resize(trained):
-    """The converter's output QUANTIZE (int8 to uint8 at full size) runs on the small tensor in the published file,
-    and the file computes exactly what the converter's graph does."""
+def test_int8_file_has_fast_uint8_ends(trained):
+    """The published int8 file's uint8 ends run on XNNPACK's kernels (`kseg.deploy.litert.fast_uint8_ends`): the
+    converter's output QUANTIZE (int8 to uint8) runs on the small tensor before the final resize, and both shifts
+    between uint8 and int8 go through float32 (DEQUANTIZE, QUANTIZE); the file computes exactly what the converter's
+    graph does."""
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -66,19 +68,21 @@ def test_int8_file_requantizes_before_the_final_resize(trained):
     published = flatbuffer_utils.read_model(str(path))
     graph = published.subgraphs[0]
     names = [flatbuffer_utils.opcode_to_name(published, op.opcodeIndex) for op in graph.operators]
-    assert names[-2:] == ["QUANTIZE", "RESIZE_BILINEAR"]
+    assert names[:2] == ["DEQUANTIZE", "QUANTIZE"] and names[-3:] == ["DEQUANTIZE", "QUANTIZE", "RESIZE_BILINEAR"]
+    assert names.count("QUANTIZE") == 2 and names.count("DEQUANTIZE") == 2
     assert list(graph.tensors[graph.operators[-2].outputs[0]].shape)[1:3] != list(SIZE)  # the small tensor
     image = np.random.default_rng(0).integers(0, 256, (1, *SIZE, 3), dtype=np.uint8)
     outputs = []
     for content in (converted, path.read_bytes()):
         interpreter = Interpreter(model_content=content)
         interpreter.allocate_tensors()
+        assert interpreter.get_input_details()[0]["dtype"] == np.uint8
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image)
         interpreter.invoke()
         outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
     assert outputs[0].dtype == outputs[1].dtype == np.uint8 and outputs[0].shape == outputs[1].shape
     np.testing.assert_array_equal(outputs[0], outputs[1])
-    assert litert.requantize_before_resize(path.read_bytes()) == path.read_bytes()  # nothing left to move
+    assert litert.fast_uint8_ends(path.read_bytes()) == path.read_bytes()  # nothing left to rewrite
 
 
 @pytest.mark.slow

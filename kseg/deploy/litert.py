@@ -13,8 +13,6 @@ first (QAT, pruning) are `kseg.deploy.stage`'s; running a file is `kseg.runtime`
 """
 
 import re
-from typing import NamedTuple
-
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as tfl
@@ -116,7 +114,7 @@ def to_litert(model, path: str, *, mode: str, artifact: modes.Artifact, origin: 
     flatbuffer = litert_flatbuffer(model, mode=mode, artifact=artifact, calibration=calibration,
                                    num_calibration=num_calibration)
     return write_litert(flatbuffer, path, model=model, mode=mode, artifact=artifact, origin=origin,
-                        calibration=calibration_record(mode, calibration, num_calibration), extras=extras)
+                        calibration=sidecar.calibration_record(mode, calibration, num_calibration), extras=extras)
 
 
 def litert_flatbuffer(model, *, mode: str, artifact: modes.Artifact, calibration=None,
@@ -136,11 +134,11 @@ def write_litert(flatbuffer: bytes, path: str, *, model, mode: str, artifact: mo
                  origin: modes.Origin | None = None, calibration: dict | None = None,
                  extras: dict | None = None) -> dict:
     """Publishes a converted model as every kseg LiteRT file is published: its int8 graph rewritten where that is
-    faster (`requantize_before_resize`, `fold_constant_multiplies`), TFLite metadata embedded, then the
-    file and its sidecar (`calibration`: `calibration_record`'s; plus the `extras` entries; float32 and float16
+    faster (`fast_uint8_ends`, `fold_constant_multiplies`), TFLite metadata embedded, then the
+    file and its sidecar (`calibration`: `sidecar.calibration_record`'s; plus the `extras` entries; float32 and float16
     files also get `"gpu"`, `kseg.deploy.gpu.check`'s report); returns the sidecar dict."""
     origin = origin if origin is not None else modes.Origin.of(model)
-    flatbuffer = fold_constant_multiplies(requantize_before_resize(flatbuffer))
+    flatbuffer = fold_constant_multiplies(fast_uint8_ends(flatbuffer))
     flatbuffer, embedded = _with_metadata(flatbuffer, origin.class_names, int(model.output_shape[-1]))
     extras = {"metadata": embedded, **(extras or {})}
     if mode in GPU_CHECKED:  # what a phone's GPU delegate would run (kseg.deploy.gpu)
@@ -149,34 +147,56 @@ def write_litert(flatbuffer: bytes, path: str, *, model, mode: str, artifact: mo
                            calibration=calibration, extras=extras)
 
 
-def requantize_before_resize(flatbuffer: bytes) -> bytes:
-    """The model with each output QUANTIZE (int8 to the file's uint8) after a final resize moved in front of it: the
-    same values (a resize keeps its input's scale), a fraction of the work. XNNPACK leaves that QUANTIZE to LiteRT's
-    reference kernel: 4 ms of LR-ASPP MobileNetV3-Large's 14 at 512x512 (on 512x512x21, where 64x64x21 would do)."""
+def fast_uint8_ends(flatbuffer: bytes) -> bytes:
+    """The int8 model with cheap uint8 ends, computing the same values (tested bit-identical):
+    - an output QUANTIZE (int8 to the file's uint8) after a final resize moves in front of it (a resize keeps its
+      input's scale): the work of 64x64x21 instead of 512x512x21 for LR-ASPP at 512x512;
+    - a QUANTIZE between uint8 and int8 of one scale (the input's and the output's shift by 128) goes through
+      float32 (DEQUANTIZE, then QUANTIZE: exact, every value is an integer there), which XNNPACK runs where it
+      left the shift to LiteRT's own kernel, single-threaded: 0.46 ms of LR-ASPP's 6.7 at 512x512, 2 threads."""
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-    changed = False
-    for graph in model.subgraphs:
-        for position, quantize in enumerate(list(graph.operators)):
-            if flatbuffer_utils.opcode_to_name(model, quantize.opcodeIndex) != "QUANTIZE":
-                continue
-            output, resized = quantize.outputs[0], quantize.inputs[0]
-            producer = next((index for index, op in enumerate(graph.operators) if resized in op.outputs), None)
-            if output not in graph.outputs or producer is None or resized in graph.outputs:
-                continue
-            resize = graph.operators[producer]
-            uses = sum(list(op.inputs).count(resized) for op in graph.operators)
-            if uses != 1 or flatbuffer_utils.opcode_to_name(model, resize.opcodeIndex) not in (
-                    "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
-                continue
-            small, between, final = (graph.tensors[i] for i in (resize.inputs[0], resized, output))
-            # The tensor between the two ops becomes the requantized small one, in the output's type and scale.
-            between.shape, between.shapeSignature = small.shape, small.shapeSignature
-            between.type, between.quantization = final.type, final.quantization
-            quantize.inputs, quantize.outputs = [resize.inputs[0]], [resized]
-            resize.inputs, resize.outputs = [resized, *list(resize.inputs)[1:]], [output]
-            graph.operators.insert(producer, graph.operators.pop(position))
-            changed = True
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
+    graph = model.subgraphs[0]  # the converter writes one
+    quantizes = [op for op in graph.operators if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "QUANTIZE"]
+    changed = [(_before_resize(model, graph, op), _through_float(model, graph, op)) for op in quantizes]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if any(map(any, changed)) else flatbuffer
+
+
+def _before_resize(model, graph, quantize):
+    """Moves an output `quantize` in front of the resize that alone reads its input; False where there is none."""
+    output, resized = quantize.outputs[0], quantize.inputs[0]
+    resize = next((op for op in graph.operators if resized in op.outputs), None)
+    if output not in graph.outputs or resize is None or resized in graph.outputs or sum(
+            list(op.inputs).count(resized) for op in graph.operators) != 1 or flatbuffer_utils.opcode_to_name(
+            model, resize.opcodeIndex) not in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
+        return False
+    # The tensor between the two ops becomes the requantized small one, in the output's type and scale.
+    small, between, final = (graph.tensors[i] for i in (resize.inputs[0], resized, output))
+    between.shape, between.shapeSignature = small.shape, small.shapeSignature
+    between.type, between.quantization = final.type, final.quantization
+    quantize.inputs, quantize.outputs = [resize.inputs[0]], [resized]
+    resize.inputs, resize.outputs = [resized, *list(resize.inputs)[1:]], [output]
+    graph.operators.remove(quantize)
+    graph.operators.insert(graph.operators.index(resize), quantize)
+    return True
+
+
+def _through_float(model, graph, quantize):
+    """Puts a DEQUANTIZE to float32 in front of a `quantize` that shifts uint8 to int8 or back; False where not one."""
+    source, target = (graph.tensors[i] for i in (quantize.inputs[0], quantize.outputs[0]))
+    if {source.type, target.type} != {tfl.TensorType.UINT8, tfl.TensorType.INT8} or list(
+            source.quantization.scale) != list(target.quantization.scale):
+        return False
+    graph.tensors.append(tfl.TensorT(name=source.name + b"/float", shape=source.shape, hasRank=source.hasRank,
+                                     shapeSignature=source.shapeSignature, type=tfl.TensorType.FLOAT32, buffer=0))
+    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
+    if tfl.BuiltinOperator.DEQUANTIZE not in codes:  # version 2 reads int8 as well as uint8
+        codes.append(tfl.BuiltinOperator.DEQUANTIZE)
+        model.operatorCodes.append(tfl.OperatorCodeT(builtinCode=codes[-1], deprecatedBuiltinCode=codes[-1], version=2))
+    dequantize = tfl.OperatorT(opcodeIndex=codes.index(tfl.BuiltinOperator.DEQUANTIZE), inputs=[quantize.inputs[0]],
+                               outputs=[len(graph.tensors) - 1])
+    quantize.inputs = [len(graph.tensors) - 1]
+    graph.operators.insert(graph.operators.index(quantize), dequantize)
+    return True
 
 
 # Ops that keep a factor on their input as the same factor on their output when both scales take it (their int8
@@ -201,7 +221,24 @@ def fold_constant_multiplies(flatbuffer: bytes) -> bytes:
     for op in graph.operators:
         for position, tensor in enumerate(op.inputs):
             users.setdefault(tensor, []).append((op, position))
-    flow = _Flow(model, graph, name, users)
+
+    def carry(tensor, factor, scales):
+        """Plans `tensor` (int8) holding `factor` x its value: {tensor: multiple of its scale}, into `scales`; False
+        where some path from it cannot take the factor."""
+        quantization = graph.tensors[tensor].quantization
+        if tensor in graph.outputs or tensor in scales or quantization is None or not quantization.scale:
+            return False
+        scales[tensor] = factor
+        for op, position in users.get(tensor, []):
+            kind, activation = name[id(op)], getattr(op.builtinOptions, "fusedActivationFunction", 0)
+            if kind in _ABSORBERS and position == 0 and len(users[op.inputs[1]]) == 1 and metadata.is_constant(
+                    model, graph.tensors[op.inputs[1]]):
+                scales[op.inputs[1]] = 1 / factor
+            elif kind not in _SCALE_CARRIERS or activation or (position != 0 and kind != "MUL") or (
+                    kind == "MUL" and op.inputs[0] == op.inputs[1]) or not carry(op.outputs[0], factor, scales):
+                return False
+        return True
+
     dropped = []
     for op in graph.operators:
         factor = _constant_scalar(model, graph, op) if name[id(op)] == "MUL" else None
@@ -213,7 +250,7 @@ def fold_constant_multiplies(flatbuffer: bytes) -> bytes:
         source = next(t for t in op.inputs
                       if graph.tensors[t].quantization and not metadata.is_constant(model, graph.tensors[t]))
         scales: dict[int, float] = {}
-        if not _carry(flow, second.outputs[0], 1 / factor, scales):
+        if not carry(second.outputs[0], 1 / factor, scales):
             continue
         second.inputs = [source if index == position else tensor for index, tensor in enumerate(second.inputs)]
         for tensor, multiple in scales.items():
@@ -224,32 +261,6 @@ def fold_constant_multiplies(flatbuffer: bytes) -> bytes:
         return flatbuffer
     graph.operators = [op for op in graph.operators if all(op is not gone for gone in dropped)]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-class _Flow(NamedTuple):
-    model: object  # tfl.ModelT, and its graph: a tfl.SubGraphT
-    graph: object
-    name: dict  # id(op) -> builtin op name
-    users: dict  # tensor -> [(op, input position)]
-
-
-def _carry(flow, tensor, factor, scales):
-    """Plans `tensor` (int8) holding `factor` x its value: {tensor: multiple of its scale}, into `scales`; False
-    where some path from it cannot take the factor."""
-    model, graph, name, users = flow
-    quantization = graph.tensors[tensor].quantization
-    if tensor in graph.outputs or tensor in scales or quantization is None or not quantization.scale:
-        return False
-    scales[tensor] = factor
-    for op, position in users.get(tensor, []):
-        kind, activation = name[id(op)], getattr(op.builtinOptions, "fusedActivationFunction", 0)
-        if kind in _ABSORBERS and position == 0 and len(users[op.inputs[1]]) == 1 and metadata.is_constant(
-                model, graph.tensors[op.inputs[1]]):
-            scales[op.inputs[1]] = 1 / factor
-        elif kind not in _SCALE_CARRIERS or activation or (position != 0 and kind != "MUL") or (
-                kind == "MUL" and op.inputs[0] == op.inputs[1]) or not _carry(flow, op.outputs[0], factor, scales):
-            return False
-    return True
 
 
 def _constant_scalar(model, graph, op):
@@ -274,16 +285,6 @@ def _with_metadata(flatbuffer, class_names, channels):
     names = class_names if class_names and len(class_names) == channels else None
     flatbuffer = metadata.embed(flatbuffer, names)
     return flatbuffer, metadata.read(flatbuffer)
-
-
-def calibration_record(mode: str, calibration, num_calibration: int) -> dict | None:
-    """The sidecar's record of what calibrated a `mode` file: image count and data (None where nothing did)."""
-    if not modes.MODES[mode].calibrates or calibration is None:
-        return None
-    if isinstance(calibration, list):
-        return {"images": len(calibration), "data": "given arrays"}
-    return {"images": min(num_calibration, calibration.length or num_calibration),
-            "data": calibration.description}
 
 
 def _conversion_error(model, mode, error):

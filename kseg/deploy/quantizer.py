@@ -37,7 +37,7 @@ from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
 from ai_edge_quantizer import quantizer as aeq
 
 from kseg import console
-from kseg.deploy import litert, modes
+from kseg.deploy import litert, modes, sidecar
 from kseg.deploy.litert_graph import (
     SIGNATURE,
     Denylist,
@@ -85,7 +85,7 @@ def to_litert(model, path: str, *, mode: str, artifact: modes.Artifact, calibrat
         quantized, record = _quantized(model, mode=mode, artifact=artifact, calibration=calibration,
                                        settings=settings, progress=progress)
     return litert.write_litert(quantized, path, model=model, mode=mode, artifact=artifact, origin=origin,
-                               calibration=litert.calibration_record(mode, calibration, settings.num_calibration),
+                               calibration=sidecar.calibration_record(mode, calibration, settings.num_calibration),
                                extras={**(extras or {}), "quantizer": record})
 
 

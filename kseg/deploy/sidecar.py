@@ -75,6 +75,17 @@ def record(path: str, *, model, mode: str, artifact: modes.Artifact, origin: mod
     }
 
 
+def calibration_record(mode: str, calibration, num_calibration: int) -> dict | None:
+    """The sidecar's record of what calibrated a `mode` file (`calibration`: a `kseg.data.Split` or a list of
+    arrays): image count and data; None where nothing did."""
+    if not modes.MODES[mode].calibrates or calibration is None:
+        return None
+    if isinstance(calibration, list):
+        return {"images": len(calibration), "data": "given arrays"}
+    return {"images": min(num_calibration, calibration.length or num_calibration),
+            "data": calibration.description}
+
+
 def _temporary(content, path):
     if isinstance(content, str):
         return content

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from kseg import losses, metrics
-from kseg.deploy import litert, modes
+from kseg.deploy import litert, modes, sidecar
 from kseg.deploy.compression import fake_quant, tuning
 from kseg.runtime import LiteRTModel, labels_from_logits
 from kseg.training import TrainConfig, recipe
@@ -120,5 +120,5 @@ def int8_qat_to_litert(model, path: str, *, train_split, artifact: modes.Artifac
     chosen, flatbuffer = candidates[kept]
     origin = (origin or modes.Origin.of(model)).with_classes(train_split.class_names)
     return litert.write_litert(flatbuffer, path, model=chosen, mode="int8", artifact=artifact, origin=origin,
-                               calibration=litert.calibration_record("int8", train_split, settings.num_calibration),
+                               calibration=sidecar.calibration_record("int8", train_split, settings.num_calibration),
                                extras={"training": "qat", "fine_tune": record})
