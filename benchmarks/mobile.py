@@ -7,7 +7,7 @@ what it learns in a fixed time.
     python benchmarks/mobile.py --quick                  # tiny widths at 128x128: a smoke run (~2 min)
 
 Each architecture is built with random weights at `MOBILE[name]` (builder arguments; {} is the architecture's
-own default), 21 classes, and measured in a process of its own (TensorFlow's converter leaks memory per
+own default; `VARIANTS` names further configurations, e.g. `--models lraspp-rf2`), 21 classes, and measured in a process of its own (TensorFlow's converter leaks memory per
 conversion): parameters, and GMACs at SxS and 2SxS (512x512 and 1024x512: a camera frame and a Cityscapes-like
 half frame; `kseg.complexity`), a float32 and a full-int8 LiteRT file (`kseg.deploy.litert.to_litert`, uint8 image
 in; int8 calibrated on 16 synthetic images, the batch-norm statistics first taken from 4 of them by
@@ -53,6 +53,8 @@ MOBILE = {
     "segnet": {"width": 0.25},
     "unet": {"filters": 16, "depth": 4},
 }
+# Further configurations measured by name (--models), as (architecture, builder arguments).
+VARIANTS = {"lraspp-rf2": ("lraspp", {"backbone_kwargs": {"reduced_tail": True}})}  # the paper's "RF2" tail
 
 
 def host():
@@ -82,7 +84,10 @@ def measure(name: str, size: int, threads: list, runs: int, quick: bool) -> dict
     from kseg.models import statistics
     from kseg.runtime import bench
 
+    name, variant = VARIANTS.get(name, (name, {}))
     kwargs = dict(kseg.models.architecture(name).tiny) if quick else dict(MOBILE.get(name, {}))
+    for key, value in variant.items():  # a variant's options on top (one level deep: backbone_kwargs)
+        kwargs[key] = {**kwargs.get(key, {}), **value} if isinstance(value, dict) else value
     model = kseg.models.get(name, CLASSES, **kwargs)
     square, wide = complexity.complexity(model, (size, size)), complexity.complexity(model, (size, 2 * size))
     calibration = kseg.data.load("synthetic", "train", num_images=16, size=(size, size))
@@ -101,7 +106,8 @@ def measure(name: str, size: int, threads: list, runs: int, quick: bool) -> dict
             row[mode] = {"size_mb": info["size_bytes"] / 1e6, "convert_s": time.perf_counter() - started}
             for count in threads:
                 stats = bench.benchmark(path, threads=count, runs=runs)
-                row[mode][f"{count}t"] = {"mean_ms": stats["mean_ms"], "p50_ms": stats["p50_ms"]}
+                row[mode][f"{count}t"] = {"mean_ms": stats["mean_ms"], "p50_ms": stats["p50_ms"],
+                                          "invoke_ms": stats["invoke"]["mean_ms"]}
             if mode == "float32":
                 row["gpu"] = {"compatible": info["gpu"]["compatible"],
                               "analyzer": info["gpu"]["analyzer"]["compatible"],
@@ -162,8 +168,8 @@ def plot(rows, datasets, threads, path):
 def table(rows, threads, datasets=()):
     cells = [f"float32 ms {t}t | int8 ms {t}t" for t in threads]
     lines = ["| model | configuration | params M | GMACs | GMACs wide | float32 MB | int8 MB | " + " | ".join(cells)
-             + " | int8 / float32 | phone GPU |" + "".join(f" mIoU {d} |" for d in datasets)]
-    lines.append("|---" * (9 + 2 * len(threads) + len(datasets)) + "|")
+             + f" | int8 invoke ms {threads[-1]}t | int8 / float32 | phone GPU |" + "".join(f" mIoU {d} |" for d in datasets)]
+    lines.append("|---" * (10 + 2 * len(threads) + len(datasets)) + "|")
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['model']} | failed: {row['error']} |")
@@ -176,7 +182,8 @@ def table(rows, threads, datasets=()):
         scores = "".join(f" {row.get('train', {}).get(d, {}).get('miou', float('nan')):.1f} |" for d in datasets)
         lines.append(f"| {row['model']} | {config} | {row['params'] / 1e6:.2f} | {row['gmacs']:.2f} "
                      f"| {row['gmacs_wide']:.2f} | {row['float32']['size_mb']:.2f} | {row['int8']['size_mb']:.2f} "
-                     f"| {times} | {row['int8'][last]['mean_ms'] / row['float32'][last]['mean_ms']:.2f} | {gpu} |"
+                     f"| {times} | {row['int8'][last].get('invoke_ms', float('nan')):.1f} "
+                     f"| {row['int8'][last]['mean_ms'] / row['float32'][last]['mean_ms']:.2f} | {gpu} |"
                      + scores)
     return "\n".join(lines)
 
@@ -185,7 +192,7 @@ def main(argv=None):
     import kseg
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=kseg.models.names(), choices=kseg.models.names())
+    parser.add_argument("--models", nargs="+", default=kseg.models.names(), choices=[*kseg.models.names(), *VARIANTS])
     parser.add_argument("--size", type=int, default=None, help="input side (default 512; --quick: 128)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts timed (default 1 2)")
     parser.add_argument("--runs", type=int, default=10, help="timed calls per file")
@@ -220,7 +227,7 @@ def main(argv=None):
         except (IndexError, ValueError):
             row = {"model": name, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:200]}
         if "error" not in row and datasets:
-            row["train"] = {d: train(name, row["kwargs"], folders[d], args.budget,
+            row["train"] = {d: train(row["model"], row["kwargs"], folders[d], args.budget,
                                      os.path.join(work, "runs", d, name)) for d in datasets}
         rows.append(row)
         print(table(rows[-1:], args.threads, datasets).splitlines()[-1], flush=True)
@@ -236,7 +243,8 @@ def main(argv=None):
               f"{result['date']}, {machine['summary']}. Random weights; GMACs at {size}x{size} and, wide, "
               f"{size}x{2 * size}; latency: mean of {args.runs} calls at {', '.join(map(str, args.threads))} "
               "thread(s) (`kseg.runtime.bench`, float32 image in, logits out; int8: uint8 input, calibrated on 16 "
-              "synthetic images). Phone GPU: `kseg.deploy.gpu.check` on the float32 file (TensorFlow's analyzer "
+              "synthetic images); invoke: the interpreter's call alone, what LiteRT's benchmark_model times (the "
+              "rest is numpy's quantizing of the image and dequantizing of the logits). Phone GPU: `kseg.deploy.gpu.check` on the float32 file (TensorFlow's analyzer "
               "and kseg's stricter check both pass)."
               + (f" mIoU: best val mIoU of `kseg train --time-budget {args.budget:g}` (trained weights, not the "
                  "random ones timed)." if datasets else ""), ""]

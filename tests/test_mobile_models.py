@@ -42,6 +42,20 @@ def test_lraspp_has_torchvisions_parameters_and_macs():
     assert complexity.count_macs(model, (520, 520)) / 1e9 == pytest.approx(2.09, rel=1e-2)
 
 
+@TENSORFLOW_ONLY
+@pytest.mark.parametrize("backbone, torchvision_params, last_channels", [
+    ("mobilenetv3_large", 1_747_218, 480), ("mobilenetv3_small", 515_922, 288)])
+def test_lraspp_reduced_tail_has_torchvisions_parameters(backbone, torchvision_params, last_channels):
+    """`reduced_tail` halves the last stage (the MobileNetV3 paper's "RF2"): torchvision's LR-ASPP (21 classes) on
+    `mobilenet_v3_large(dilated=True, reduced_tail=True)` lists 1,747,218 parameters, on the Small one 515,922
+    (torchvision 0.29, counted with `sum(p.numel() for p in model.parameters())`); kseg's within 0.1%."""
+    model = kseg.models.lraspp(21, backbone=backbone, backbone_kwargs={"reduced_tail": True})
+    assert trainable_params(model) == pytest.approx(torchvision_params, rel=1e-3)
+    assert model.get_layer("conv_1").filters == last_channels
+    assert kseg.models.backbones.imagenet_file(backbone, reduced_tail=True) is None  # keras.applications has none
+    assert kseg.models.backbones.imagenet_file(backbone, reduced_tail=False) is not None
+
+
 @pytest.mark.parametrize("backbone, low_channels, high_channels", [
     ("mobilenetv3_large", 40, 960), ("mobilenetv3_small", 24, 576)])
 def test_lraspp_taps_torchvisions_features(backbone, low_channels, high_channels):

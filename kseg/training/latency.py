@@ -37,13 +37,15 @@ class Candidate:
 # -Small 68.4 (Howard et al. 2019, arXiv:1905.02244, table 7); DeepLabV3 MobileNetV2 70.7 (tensorflow/models
 # research/deeplab model zoo, mobilenetv2_coco_cityscapes_trainfine), DeepLabV3+ with its decoder placed above it;
 # HRNetV2-W18-Small-v1 70.3 (Wang et al. 2020, arXiv:1908.07919, table 3). Narrower widths than published rank
-# below their full width (fewer channels, lower accuracy); U-Net has no published Cityscapes result of this kind
-# and comes last, as the fallback for small budgets.
+# below their full width (fewer channels, lower accuracy), as does LR-ASPP-Large with its last stage halved (the
+# paper's "RF2"); U-Net has no published Cityscapes result of this kind and comes last, as the fallback for small
+# budgets.
 CANDIDATES = (
     Candidate("ddrnet", {"variant": "23"}, "Cityscapes val 79.5 (DDRNet-23)"),
     Candidate("ddrnet", {}, "Cityscapes val 77.8 (DDRNet-23-slim)"),
     Candidate("segformer", {}, "Cityscapes val 76.2 (SegFormer-B0)"),
     Candidate("lraspp", {}, "Cityscapes val 72.6 (LR-ASPP MobileNetV3-Large)"),
+    Candidate("lraspp", {"backbone_kwargs": {"reduced_tail": True}}, "below LR-ASPP-Large (last stage halved: RF2)"),
     Candidate("deeplabv3plus", {}, "above DeepLabV3 MobileNetV2's 70.7 (decoder added)"),
     Candidate("deeplabv3", {"backbone": "mobilenetv2"}, "Cityscapes val 70.7 (DeepLabV3 MobileNetV2)"),
     Candidate("hrnet", {"variant": "w18_small_v1"}, "Cityscapes val 70.3 (HRNetV2-W18-Small-v1)"),

@@ -47,11 +47,12 @@ class Backbone:
     smp: bool = False  # the builder takes smp=True: segmentation_models_pytorch's encoder, for its weights
 
 
+_MOBILENET_V3_OPTIONS = ("alpha", "minimalistic", "reduced_tail")
 BACKBONES = {
     "mobilenetv2": Backbone(mobilenetv2, "MobileNetV2", **TF_STYLE, options=("alpha",), torchvision=True, smp=True),
-    "mobilenetv3_large": Backbone(mobilenetv3_large, "MobileNetV3Large", **TF_STYLE, options=("alpha", "minimalistic"),
+    "mobilenetv3_large": Backbone(mobilenetv3_large, "MobileNetV3Large", **TF_STYLE, options=_MOBILENET_V3_OPTIONS,
                                   torchvision=True),
-    "mobilenetv3_small": Backbone(mobilenetv3_small, "MobileNetV3Small", **TF_STYLE, options=("alpha", "minimalistic"),
+    "mobilenetv3_small": Backbone(mobilenetv3_small, "MobileNetV3Small", **TF_STYLE, options=_MOBILENET_V3_OPTIONS,
                                   torchvision=True),
     # keras.applications has no ResNet-34: no ImageNet weights but torchvision's and SMP's (kseg.models.convert)
     "resnet34": Backbone(resnet34, None, **TORCH_STYLE, torchvision=True, smp=True),
@@ -72,10 +73,10 @@ def names():
 _MOBILENET_V3 = "weights_mobilenet_v3_{}{}_224_{}_float_no_top_v2.h5"
 _IMAGENET_FILES: dict[str, Callable[..., str | None]] = {
     "mobilenetv2": lambda alpha=1.0: f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5",
-    "mobilenetv3_large": lambda alpha=1.0, minimalistic=False: _MOBILENET_V3.format(
-        "large", "_minimalistic" * bool(minimalistic), float(alpha)),
-    "mobilenetv3_small": lambda alpha=1.0, minimalistic=False: _MOBILENET_V3.format(
-        "small", "_minimalistic" * bool(minimalistic), float(alpha)),
+    "mobilenetv3_large": lambda alpha=1.0, minimalistic=False, reduced_tail=False: None if reduced_tail else (
+        _MOBILENET_V3.format("large", "_minimalistic" * bool(minimalistic), float(alpha))),
+    "mobilenetv3_small": lambda alpha=1.0, minimalistic=False, reduced_tail=False: None if reduced_tail else (
+        _MOBILENET_V3.format("small", "_minimalistic" * bool(minimalistic), float(alpha))),
     "resnet50": lambda: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "resnet101": lambda: "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "vgg16": lambda width=1.0: "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" if width == 1 else None,
@@ -184,7 +185,7 @@ def load_weights(name, backbone_model, weights, **options):
             layer.set_weights(twin.get_weights())
         except ValueError:
             raise KsegError(f"{spec.keras_application} weights do not fit backbone layer {layer.name!r} "
-                            f"built with {options}; ImageNet weights need the default width") from None
+                            f"built with {options}; ImageNet weights need the default width (and tail)") from None
 
 
 __all__ = ["BACKBONES", "CAFFE_STYLE", "TF_STYLE", "TORCH_STYLE", "AtrousSchedule", "Backbone", "ReverseChannels",

@@ -88,6 +88,7 @@ def mobilenetv2(x, schedule, alpha=1.0, torchvision=False, smp=False):
 
 # (kernel, expansion, output channels, squeeze-excite, hard-swish, stride) per block, from Howard et
 # al. 2019, tables 1 and 2. `minimalistic` turns 5x5 kernels into 3x3, hard-swish into ReLU, drops SE.
+# `reduced_tail` halves the channels of the last stage (its last REDUCED_TAIL blocks and the 1x1 after them).
 _MOBILENETV3_LARGE = (
     (3, 1, 16, False, False, 1), (3, 4, 24, False, False, 2), (3, 3, 24, False, False, 1),
     (5, 3, 40, True, False, 2), (5, 3, 40, True, False, 1), (5, 3, 40, True, False, 1),
@@ -95,6 +96,7 @@ _MOBILENETV3_LARGE = (
     (3, 2.3, 80, False, True, 1), (3, 6, 112, True, True, 1), (3, 6, 112, True, True, 1),
     (5, 6, 160, True, True, 2), (5, 6, 160, True, True, 1), (5, 6, 160, True, True, 1),
 )
+REDUCED_TAIL = 3
 _MOBILENETV3_SMALL = (
     (3, 1, 16, True, False, 2), (3, 72 / 16, 24, False, False, 2), (3, 88 / 24, 24, False, False, 1),
     (5, 4, 40, True, True, 2), (5, 6, 40, True, True, 1), (5, 6, 40, True, True, 1),
@@ -151,7 +153,7 @@ def _mobilenetv3_block(x, kernel, expansion, filters, squeeze_excite, activation
     return expanded, x
 
 
-def _mobilenetv3(x, schedule, table, alpha, minimalistic, torchvision):
+def _mobilenetv3(x, schedule, table, alpha, minimalistic, torchvision, reduced_tail):
     features = {}
     activation = "relu" if minimalistic else "hard_swish"
     strides = schedule(2)[0]
@@ -164,6 +166,8 @@ def _mobilenetv3(x, schedule, table, alpha, minimalistic, torchvision):
         strides, rate = schedule(stride)
         if torchvision and strides < stride:  # torchvision dilates the block that gave up its stride too
             rate = schedule.rate
+        if reduced_tail and block_id >= len(table) - REDUCED_TAIL:
+            channels //= 2
         expanded, x = _mobilenetv3_block(
             x, 3 if minimalistic else kernel, expansion, make_divisible(channels * alpha),
             squeeze_excite and not minimalistic, activation if hard_swish else "relu", strides, rate, block_id,
@@ -176,17 +180,19 @@ def _mobilenetv3(x, schedule, table, alpha, minimalistic, torchvision):
     return features
 
 
-def mobilenetv3_large(x, schedule, alpha=1.0, minimalistic=False, torchvision=False):
+def mobilenetv3_large(x, schedule, alpha=1.0, minimalistic=False, reduced_tail=False, torchvision=False):
     """MobileNetV3-Large (Howard et al. 2019) with keras.applications names; `alpha` is the width multiplier.
+    `reduced_tail=True` halves the last stage's channels, as the paper's segmentation and detection models do
+    (its section 6, "RF2"; torchvision's `reduced_tail`): no ImageNet weights in keras.applications.
 
     Features: the expansion before each strided block, and the last 1x1 convolution (conv_1, 6x the
     last block's channels) at the output stride; the classification head is not built.
     `torchvision=True` computes what torchvision's `mobilenet_v3_large(dilated=True)` does: stride-2
     convolutions padded symmetrically, and the block whose stride became dilation dilated as well.
     """
-    return _mobilenetv3(x, schedule, _MOBILENETV3_LARGE, alpha, minimalistic, torchvision)
+    return _mobilenetv3(x, schedule, _MOBILENETV3_LARGE, alpha, minimalistic, torchvision, reduced_tail)
 
 
-def mobilenetv3_small(x, schedule, alpha=1.0, minimalistic=False, torchvision=False):
-    """MobileNetV3-Small (Howard et al. 2019); features and `torchvision` as `mobilenetv3_large`."""
-    return _mobilenetv3(x, schedule, _MOBILENETV3_SMALL, alpha, minimalistic, torchvision)
+def mobilenetv3_small(x, schedule, alpha=1.0, minimalistic=False, reduced_tail=False, torchvision=False):
+    """MobileNetV3-Small (Howard et al. 2019); features, `reduced_tail` and `torchvision` as `mobilenetv3_large`."""
+    return _mobilenetv3(x, schedule, _MOBILENETV3_SMALL, alpha, minimalistic, torchvision, reduced_tail)
