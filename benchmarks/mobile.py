@@ -6,19 +6,19 @@ what it learns in a fixed time.
     python benchmarks/mobile.py --train synthetic --budget 120   # adds val mIoU after `kseg train`, and the plot
     python benchmarks/mobile.py --quick                  # tiny widths at 128x128: a smoke run (~2 min)
 
-Each architecture is built with random weights at `MOBILE[name]` (builder arguments; {} is the architecture's
-own default; `VARIANTS` names further configurations, e.g. `--models lraspp-rf2`), 21 classes, and measured in a process of its own (TensorFlow's converter leaks memory per
-conversion): parameters, and GMACs at SxS and 2SxS (512x512 and 1024x512: a camera frame and a Cityscapes-like
-half frame; `kseg.complexity`), a float32 and a full-int8 LiteRT file (`kseg.deploy.litert.to_litert`, uint8 image
-in; int8 calibrated on 16 synthetic images, the batch-norm statistics first taken from 4 of them by
-`kseg.models.statistics` so that the int8 scales are a trained model's), each file's size and latency at every
-`--threads` count (`kseg.runtime.bench.benchmark`: XNNPACK, float32 image in, logits out), and the float32 file's
-GPU verdict (`kseg.deploy.gpu.check`: TensorFlow's analyzer and kseg's stricter check). With `--train DATASET...` each
-architecture is also trained by `kseg train --data D --model NAME --time-budget B` (its mobile configuration as
-`--model-arg`s, every other setting kseg's) on the learning benchmark's datasets (`learning.prepare`: the synthetic
-set, or a real one from the data venv) and scored by its best val mIoU; the plot draws int8 latency against that
-mIoU with the Pareto front (no slower model scores higher). Writes `mobile.{md,json,png}` (`--quick`:
-`mobile_quick.*`) to `benchmarks/results/` or `--out`, stating the host.
+Each architecture is built with random weights at `MOBILE[name]` (builder arguments; {} is the architecture's own
+default; `VARIANTS` names further configurations, e.g. `--models lraspp-rf2`), 21 classes, and measured in a process
+of its own (TensorFlow's converter leaks memory per conversion): parameters, and GMACs at SxS and 2SxS (512x512 and
+1024x512: a camera frame and a Cityscapes-like half frame; `kseg.complexity`), a float32 and a full-int8 LiteRT file
+(`kseg.deploy.litert.to_litert`, uint8 image in; int8 calibrated on 16 synthetic images, the batch-norm statistics
+first taken from 4 of them by `kseg.models.statistics` so that the int8 scales are a trained model's), each file's
+size and latency at every `--threads` count (`kseg.runtime.bench.benchmark`: XNNPACK, float32 image in, logits out),
+and the float32 file's GPU verdict (`kseg.deploy.gpu.check`: TensorFlow's analyzer and kseg's stricter check). With
+`--train DATASET...` each architecture is also trained by `kseg train --data D --model NAME --time-budget B` (its
+mobile configuration as `--model-arg`s, every other setting kseg's) on the learning benchmark's datasets
+(`learning.prepare`: the synthetic set, or a real one from the data venv) and scored by its best val mIoU; the plot
+draws int8 latency against that mIoU with the Pareto front (no slower model scores higher). Writes
+`mobile.{md,json,png}` (`--quick`: `mobile_quick.*`) to `benchmarks/results/` or `--out`, stating the host.
 """
 
 import argparse
@@ -168,7 +168,8 @@ def plot(rows, datasets, threads, path):
 def table(rows, threads, datasets=()):
     cells = [f"float32 ms {t}t | int8 ms {t}t" for t in threads]
     lines = ["| model | configuration | params M | GMACs | GMACs wide | float32 MB | int8 MB | " + " | ".join(cells)
-             + f" | int8 invoke ms {threads[-1]}t | int8 / float32 | phone GPU |" + "".join(f" mIoU {d} |" for d in datasets)]
+             + f" | int8 invoke ms {threads[-1]}t | int8 / float32 | phone GPU |"
+             + "".join(f" mIoU {d} |" for d in datasets)]
     lines.append("|---" * (10 + 2 * len(threads) + len(datasets)) + "|")
     for row in rows:
         if "error" in row:
@@ -244,7 +245,8 @@ def main(argv=None):
               f"{size}x{2 * size}; latency: mean of {args.runs} calls at {', '.join(map(str, args.threads))} "
               "thread(s) (`kseg.runtime.bench`, float32 image in, logits out; int8: uint8 input, calibrated on 16 "
               "synthetic images); invoke: the interpreter's call alone, what LiteRT's benchmark_model times (the "
-              "rest is numpy's quantizing of the image and dequantizing of the logits). Phone GPU: `kseg.deploy.gpu.check` on the float32 file (TensorFlow's analyzer "
+              "rest is numpy's quantizing of the image and dequantizing of the logits). Phone GPU: "
+              "`kseg.deploy.gpu.check` on the float32 file (TensorFlow's analyzer "
               "and kseg's stricter check both pass)."
               + (f" mIoU: best val mIoU of `kseg train --time-budget {args.budget:g}` (trained weights, not the "
                  "random ones timed)." if datasets else ""), ""]

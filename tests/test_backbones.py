@@ -104,6 +104,29 @@ def test_keras_applications_weights_load_by_name_into_dilated_backbone(name, twi
     assert model.get_layer(layer).dilation_rate == (rate, rate)
 
 
+@pytest.mark.parametrize("name, tail_blocks", [("mobilenetv3_large", (12, 13, 14)), ("mobilenetv3_small", (8, 9, 10))])
+def test_reduced_tail_takes_imagenet_weights_but_its_last_stage(name, tail_blocks, twin_weights):
+    """MobileNetV3 with `reduced_tail` (half the last stage's channels) loads the keras.applications file's weights
+    into every layer but those of the halved stage, which keep their initial values; the cached file is the same."""
+    reference, path = twin_weights(name)
+    options = {**MOBILE[name], "reduced_tail": True}
+    assert backbones.imagenet_file(name, **options) == backbones.imagenet_file(name, **MOBILE[name])
+    model = features_model(name, (65, 65, 3), 16, weights=path, **options)
+    theirs = {layer.name: layer for layer in reference.layers if layer.weights}
+    tail = tuple(f"expanded_conv_{block}_" for block in tail_blocks) + ("conv_1",)
+    loaded, kept = 0, 0
+    for layer in (layer for layer in model.layers if layer.name in theirs):
+        shapes_fit = [w.shape for w in layer.get_weights()] == [w.shape for w in theirs[layer.name].get_weights()]
+        if shapes_fit:
+            for got, want in zip(layer.get_weights(), theirs[layer.name].get_weights()):
+                np.testing.assert_array_equal(got, want)
+            loaded += 1
+        else:
+            assert layer.name.startswith(tail), layer.name  # only the last stage is reshaped
+            kept += 1
+    assert kept >= 4 and loaded > kept and loaded + kept == len(theirs)  # every twin layer found by name
+
+
 @pytest.mark.parametrize("name, preprocess", [
     ("resnet50", keras.applications.resnet.preprocess_input),
     ("vgg16", keras.applications.vgg16.preprocess_input),

@@ -2,6 +2,7 @@
 weights a run starts from are the cached file's, and that the crop sampler centres its share of crops on a
 rare class. Nothing here downloads: the tests write the Keras cache file themselves (random weights)."""
 
+import json
 import os
 
 import numpy as np
@@ -168,3 +169,43 @@ def test_graphs_of_other_libraries_take_no_imagenet_backbone(flag):
     ImageNet files (which its builder would refuse)."""
     assert recipe.backbone_of("deeplabv3plus", {"backbone": "resnet50", flag: True}) is None
     assert recipe.backbone_of("deeplabv3plus", {"backbone": "resnet50"}) == ("resnet50", {})
+
+
+def test_lraspp_with_a_reduced_tail_starts_from_the_cached_mobilenetv3(keras_home, tmp_path, monkeypatch):
+    """LR-ASPP on MobileNetV3-Large with its last stage halved (`reduced_tail`, the paper's RF2) finds the
+    ordinary keras.applications file, and `kseg train` starts every layer before that stage from it."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    options = {"alpha": 0.35, "reduced_tail": True}
+    path = kseg.models.backbones.imagenet_file("mobilenetv3_large", **options)
+    assert os.path.basename(path) == "weights_mobilenet_v3_large_224_0.35_float_no_top_v2.h5"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    reference = keras.applications.MobileNetV3Large(include_top=False, weights=None, input_shape=(224, 224, 3),
+                                                    alpha=0.35, include_preprocessing=False)
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, reference)
+    built = []
+    real = kseg.training.loop.build_and_compile
+
+    def build_and_compile(config, num_classes):
+        model = real(config, num_classes)
+        built.append({name: model.get_layer(name).get_weights()
+                      for name in ("conv", "expanded_conv_11_project", "expanded_conv_13_expand")})
+        return model
+
+    monkeypatch.setattr(kseg.training.loop, "build_and_compile", build_and_compile)
+    result = kseg.training.train(TrainConfig(
+        model="lraspp", model_kwargs={"backbone_kwargs": options, "head_filters": 16}, pretrained="imagenet",
+        data="synthetic", data_options={"num_images": 8, "size": (64, 64)}, crop_size=(64, 64), batch_size=4,
+        steps=2, val_every=2, out_dir=str(tmp_path / "run"), verbose=0))
+    start = built[0]
+    for name in ("conv", "expanded_conv_11_project"):  # before the last stage: the file's weights
+        np.testing.assert_array_equal(start[name][0], reference.get_layer(name).get_weights()[0])
+    halved = start["expanded_conv_13_expand"][0].shape[-1]
+    full = reference.get_layer("expanded_conv_13_expand").get_weights()[0].shape[-1]
+    assert halved < full  # 192 of 336 at alpha 0.35 (channels rounded to multiples of 8): from scratch
+    with open(tmp_path / "run" / "config.json") as f:
+        assert json.load(f)["pretrained"] == "imagenet"
+    assert result.model.get_layer("conv_1").filters < reference.get_layer("conv_1").filters

@@ -13,6 +13,7 @@ first (QAT, pruning) are `kseg.deploy.stage`'s; running a file is `kseg.runtime`
 """
 
 import re
+
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as tfl

@@ -73,10 +73,11 @@ def names():
 _MOBILENET_V3 = "weights_mobilenet_v3_{}{}_224_{}_float_no_top_v2.h5"
 _IMAGENET_FILES: dict[str, Callable[..., str | None]] = {
     "mobilenetv2": lambda alpha=1.0: f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5",
-    "mobilenetv3_large": lambda alpha=1.0, minimalistic=False, reduced_tail=False: None if reduced_tail else (
-        _MOBILENET_V3.format("large", "_minimalistic" * bool(minimalistic), float(alpha))),
-    "mobilenetv3_small": lambda alpha=1.0, minimalistic=False, reduced_tail=False: None if reduced_tail else (
-        _MOBILENET_V3.format("small", "_minimalistic" * bool(minimalistic), float(alpha))),
+    # reduced_tail: the same file, its last stage left out (`load_weights`)
+    "mobilenetv3_large": lambda alpha=1.0, minimalistic=False, reduced_tail=False: _MOBILENET_V3.format(
+        "large", "_minimalistic" * bool(minimalistic), float(alpha)),
+    "mobilenetv3_small": lambda alpha=1.0, minimalistic=False, reduced_tail=False: _MOBILENET_V3.format(
+        "small", "_minimalistic" * bool(minimalistic), float(alpha)),
     "resnet50": lambda: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "resnet101": lambda: "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "vgg16": lambda width=1.0: "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" if width == 1 else None,
@@ -155,6 +156,7 @@ def load_weights(name, backbone_model, weights, **options):
 
     Layers the twin leaves unnamed (Xception's shortcut convolutions) get automatic names that depend
     on what was built before; those pair with kseg's remaining layers of the same type, in graph order.
+    A MobileNetV3 with `reduced_tail` takes every weight but its halved last stage's, which start from scratch.
     """
     spec = get(name)
     if spec.keras_application is None:
@@ -184,8 +186,10 @@ def load_weights(name, backbone_model, weights, **options):
         try:
             layer.set_weights(twin.get_weights())
         except ValueError:
+            if options.get("reduced_tail"):  # the halved last stage: no ImageNet weights of its shape
+                continue
             raise KsegError(f"{spec.keras_application} weights do not fit backbone layer {layer.name!r} "
-                            f"built with {options}; ImageNet weights need the default width (and tail)") from None
+                            f"built with {options}; ImageNet weights need the default width") from None
 
 
 __all__ = ["BACKBONES", "CAFFE_STYLE", "TF_STYLE", "TORCH_STYLE", "AtrousSchedule", "Backbone", "ReverseChannels",

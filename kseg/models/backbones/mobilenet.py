@@ -183,7 +183,7 @@ def _mobilenetv3(x, schedule, table, alpha, minimalistic, torchvision, reduced_t
 def mobilenetv3_large(x, schedule, alpha=1.0, minimalistic=False, reduced_tail=False, torchvision=False):
     """MobileNetV3-Large (Howard et al. 2019) with keras.applications names; `alpha` is the width multiplier.
     `reduced_tail=True` halves the last stage's channels, as the paper's segmentation and detection models do
-    (its section 6, "RF2"; torchvision's `reduced_tail`): no ImageNet weights in keras.applications.
+    (its section 6, "RF2"; torchvision's `reduced_tail`); ImageNet weights fill all but that stage.
 
     Features: the expansion before each strided block, and the last 1x1 convolution (conv_1, 6x the
     last block's channels) at the output stride; the classification head is not built.
