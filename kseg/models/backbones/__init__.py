@@ -27,7 +27,7 @@ from kseg.models.backbones.common import (
     normalize,
     rescale,
 )
-from kseg.models.backbones.mobilenet import mobilenetv2, mobilenetv3_large, mobilenetv3_small
+from kseg.models.backbones.mobilenet import mobilenetv2, mobilenetv3_large, mobilenetv3_small, reduced_tail_layers
 from kseg.models.backbones.resnet import resnet34, resnet50, resnet101
 from kseg.models.backbones.vgg import VGG16_STAGES, vgg16, vgg16_bn
 from kseg.models.backbones.xception import xception
@@ -186,8 +186,8 @@ def load_weights(name, backbone_model, weights, **options):
         try:
             layer.set_weights(twin.get_weights())
         except ValueError:
-            if options.get("reduced_tail"):  # the halved last stage: no ImageNet weights of its shape
-                continue
+            if options.get("reduced_tail") and layer.name.startswith(reduced_tail_layers(name)):
+                continue  # the halved last stage: no ImageNet weights of its shape
             raise KsegError(f"{spec.keras_application} weights do not fit backbone layer {layer.name!r} "
                             f"built with {options}; ImageNet weights need the default width") from None
 

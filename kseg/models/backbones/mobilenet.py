@@ -96,13 +96,19 @@ _MOBILENETV3_LARGE = (
     (3, 2.3, 80, False, True, 1), (3, 6, 112, True, True, 1), (3, 6, 112, True, True, 1),
     (5, 6, 160, True, True, 2), (5, 6, 160, True, True, 1), (5, 6, 160, True, True, 1),
 )
-REDUCED_TAIL = 3
 _MOBILENETV3_SMALL = (
     (3, 1, 16, True, False, 2), (3, 72 / 16, 24, False, False, 2), (3, 88 / 24, 24, False, False, 1),
     (5, 4, 40, True, True, 2), (5, 6, 40, True, True, 1), (5, 6, 40, True, True, 1),
     (5, 3, 48, True, True, 1), (5, 3, 48, True, True, 1), (5, 6, 96, True, True, 2),
     (5, 6, 96, True, True, 1), (5, 6, 96, True, True, 1),
 )
+REDUCED_TAIL = 3
+
+
+def reduced_tail_layers(backbone: str) -> tuple:
+    """Name prefixes of the layers `reduced_tail` reshapes in "mobilenetv3_large" or "_small": the last stage."""
+    blocks = len(_MOBILENETV3_LARGE if backbone == "mobilenetv3_large" else _MOBILENETV3_SMALL)
+    return (*(f"expanded_conv_{block}_" for block in range(blocks - REDUCED_TAIL, blocks)), "conv_1")
 
 
 def _activation(activation, name):
