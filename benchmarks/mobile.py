@@ -74,7 +74,7 @@ def host():
                                                                 else "AVX2 only (no AVX-512)")}
 
 
-def measure(name: str, size: int, threads: list, runs: int, quick: bool) -> dict:
+def measure(label: str, size: int, threads: list, runs: int, quick: bool, ops: bool = False) -> dict:
     """One architecture's row (run in a worker process)."""
     import numpy as np
 
@@ -82,9 +82,9 @@ def measure(name: str, size: int, threads: list, runs: int, quick: bool) -> dict
     from kseg import complexity
     from kseg.deploy import litert, modes
     from kseg.models import statistics
-    from kseg.runtime import bench
+    from kseg.runtime import bench, profiler
 
-    name, variant = VARIANTS.get(name, (name, {}))
+    name, variant = VARIANTS.get(label, (label, {}))
     kwargs = dict(kseg.models.architecture(name).tiny) if quick else dict(MOBILE.get(name, {}))
     for key, value in variant.items():  # a variant's options on top (one level deep: backbone_kwargs)
         kwargs[key] = {**kwargs.get(key, {}), **value} if isinstance(value, dict) else value
@@ -95,7 +95,7 @@ def measure(name: str, size: int, threads: list, runs: int, quick: bool) -> dict
     # see kseg.models.statistics.
     images = np.concatenate(litert.calibration_images(calibration, (size, size), count=4))
     statistics.set_batch_norm_statistics(model, images)
-    row = {"model": name, "kwargs": kwargs, "params": square.params, "gmacs": square.macs / 1e9,
+    row = {"label": label, "model": name, "kwargs": kwargs, "params": square.params, "gmacs": square.macs / 1e9,
            "gmacs_wide": wide.macs / 1e9}
     with tempfile.TemporaryDirectory() as folder:
         for mode in ("float32", "int8"):
@@ -108,12 +108,29 @@ def measure(name: str, size: int, threads: list, runs: int, quick: bool) -> dict
                 stats = bench.benchmark(path, threads=count, runs=runs)
                 row[mode][f"{count}t"] = {"mean_ms": stats["mean_ms"], "p50_ms": stats["p50_ms"],
                                           "invoke_ms": stats["invoke"]["mean_ms"]}
+            if ops and mode == "int8":  # where the int8 call's time goes, at the last thread count
+                row[mode]["ops"] = profiler.op_times(path, num_threads=threads[-1], runs=runs)
             if mode == "float32":
                 row["gpu"] = {"compatible": info["gpu"]["compatible"],
                               "analyzer": info["gpu"]["analyzer"]["compatible"],
                               "kseg": info["gpu"]["kseg"]["compatible"],
                               "problems": sorted({p["op"] for p in info["gpu"]["problems"]})}
     return row
+
+
+def op_profiles(rows, threads, top=6):
+    """Markdown lines: each profiled row's slowest int8 op types (ms per call, node count), LiteRT's names."""
+    profiled = [row for row in rows if row.get("int8", {}).get("ops")]
+    if not profiled:
+        return []
+    lines = [f"Where the int8 call's time goes ({threads} threads, LiteRT's profiler, which slows the call: read "
+             "the shares; `Delegate/` ops run on XNNPACK):", ""]
+    for row in profiled:
+        ops = row["int8"]["ops"]
+        total = sum(op["ms"] for op in ops)
+        parts = [f"{op['op'].removeprefix('Delegate/')} {op['ms']:.2f} ({op['nodes']})" for op in ops[:top]]
+        lines.append(f"- {row['label']}: {total:.2f} ms in {sum(op['nodes'] for op in ops)} nodes; " + ", ".join(parts))
+    return lines + [""]
 
 
 def train(name: str, kwargs: dict, data: str, budget: float, out: str) -> dict:
@@ -149,7 +166,7 @@ def plot(rows, datasets, threads, path):
 
     figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
-        points = [(row["int8"][f"{threads}t"]["mean_ms"], row["train"][dataset]["miou"], row["model"])
+        points = [(row["int8"][f"{threads}t"]["mean_ms"], row["train"][dataset]["miou"], row["label"])
                   for row in rows if "error" not in row and "miou" in row.get("train", {}).get(dataset, {})]
         for latency, miou, label in points:
             axis.scatter(latency, miou, color="tab:blue")
@@ -173,7 +190,7 @@ def table(rows, threads, datasets=()):
     lines.append("|---" * (10 + 2 * len(threads) + len(datasets)) + "|")
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['model']} | failed: {row['error']} |")
+            lines.append(f"| {row['label']} | failed: {row['error']} |")
             continue
         config = ", ".join(f"{k}={v}" for k, v in row["kwargs"].items()) or "default"
         gpu = "yes" if row["gpu"]["compatible"] else "no: " + ", ".join(row["gpu"]["problems"])
@@ -181,7 +198,7 @@ def table(rows, threads, datasets=()):
                            for t in threads)
         last = f"{threads[-1]}t"
         scores = "".join(f" {row.get('train', {}).get(d, {}).get('miou', float('nan')):.1f} |" for d in datasets)
-        lines.append(f"| {row['model']} | {config} | {row['params'] / 1e6:.2f} | {row['gmacs']:.2f} "
+        lines.append(f"| {row['label']} | {config} | {row['params'] / 1e6:.2f} | {row['gmacs']:.2f} "
                      f"| {row['gmacs_wide']:.2f} | {row['float32']['size_mb']:.2f} | {row['int8']['size_mb']:.2f} "
                      f"| {times} | {row['int8'][last].get('invoke_ms', float('nan')):.1f} "
                      f"| {row['int8'][last]['mean_ms'] / row['float32'][last]['mean_ms']:.2f} | {gpu} |"
@@ -204,11 +221,12 @@ def main(argv=None):
     parser.add_argument("--work", default=None, help="data and run folders (default: the bench cache's work/mobile)")
     parser.add_argument("--out", default=RESULTS, help="folder for mobile.{md,json,png}")
     parser.add_argument("--note", default="", help="a sentence for the report's header (e.g. what else ran)")
+    parser.add_argument("--ops", action="store_true", help="also profile each int8 file's op types (LiteRT's profiler)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     size = args.size or (128 if args.quick else 512)
     if args.worker:
-        print(json.dumps(measure(args.worker, size, args.threads, args.runs, args.quick)))
+        print(json.dumps(measure(args.worker, size, args.threads, args.runs, args.quick, args.ops)))
         return 0
     work = args.work or learning.venvs.work_dir("mobile")
     folders = {}
@@ -220,13 +238,14 @@ def main(argv=None):
     rows, started = [], time.perf_counter()
     for name in args.models:
         command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--size", str(size), "--threads",
-                   *map(str, args.threads), "--runs", str(args.runs), *(["--quick"] if args.quick else [])]
+                   *map(str, args.threads), "--runs", str(args.runs), *(["--quick"] if args.quick else []),
+                   *(["--ops"] if args.ops else [])]
         done = subprocess.run(command, capture_output=True, text=True)
         lines = done.stdout.strip().splitlines()
         try:
             row = json.loads(lines[-1])
         except (IndexError, ValueError):
-            row = {"model": name, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+            row = {"label": name, "model": name, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:200]}
         if "error" not in row and datasets:
             row["train"] = {d: train(row["model"], row["kwargs"], folders[d], args.budget,
                                      os.path.join(work, "runs", d, name)) for d in datasets}
@@ -252,7 +271,7 @@ def main(argv=None):
                  "random ones timed)." if datasets else ""), ""]
     if args.note:
         header += [args.note, ""]
-    text = "\n".join(header + [table(rows, args.threads, datasets), ""])
+    text = "\n".join(header + [table(rows, args.threads, datasets), ""] + op_profiles(rows, args.threads[-1]))
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write(text)
     if datasets:

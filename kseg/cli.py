@@ -67,7 +67,10 @@ def parser():
                    help="input size of the exported model, e.g. 257x257 (default: the model's, or its training crop)")
     c.add_argument("--output", default="logits", choices=list(modes.OUTPUTS),
                    help="logits, or a uint8 label map (argmax inside the graph)")
-    c.add_argument("--io-dtype", default="uint8", choices=list(modes.IO_DTYPES), help="int8 models' input/output type")
+    c.add_argument("--io-dtype", default="uint8", choices=list(modes.IO_DTYPES),
+                   help="int8 files' input and output: uint8 (raw pixels, what MediaPipe reads; the shifts to int8 "
+                        "go through float32, which LiteRT's CPU runs fast) or int8 (pixels - 128: every op integer, "
+                        "for NPUs, the Edge TPU and microcontrollers)")
     c.add_argument("--calibration-data",
                    help="its train split calibrates int8 and fine-tunes QAT and pruning (default: the checkpoint's "
                         "training data, else synthetic)")

@@ -107,7 +107,8 @@ def test_keras_applications_weights_load_by_name_into_dilated_backbone(name, twi
 @pytest.mark.parametrize("name, tail_blocks", [("mobilenetv3_large", (12, 13, 14)), ("mobilenetv3_small", (8, 9, 10))])
 def test_reduced_tail_takes_imagenet_weights_but_its_last_stage(name, tail_blocks, twin_weights):
     """MobileNetV3 with `reduced_tail` (half the last stage's channels) loads the keras.applications file's weights
-    into every layer but those of the halved stage, which keep their initial values; the cached file is the same."""
+    into every layer whose shape the halving keeps; only layers of the halved stage are left out. The cached file
+    is the same as without it."""
     reference, path = twin_weights(name)
     options = {**MOBILE[name], "reduced_tail": True}
     assert backbones.imagenet_file(name, **options) == backbones.imagenet_file(name, **MOBILE[name])

@@ -237,6 +237,7 @@ def test_int8_with_int8_io(run_dir, data, tmp_path):
                  "--modes", "int8", "--io-dtype", "int8", "--calibration-data", str(data)]) == 0
     info = json.loads((tmp_path / "best_int8.tflite.json").read_text())
     assert info["input"]["dtype"] == "int8" and info["input"]["quantization"] == {"scale": 1.0, "zero_point": -128}
+    assert "DEQUANTIZE" not in info["ops"] and "QUANTIZE" not in info["ops"]  # integer from end to end
     assert main(["evaluate", str(tmp_path / "best_int8.tflite"), "--data", str(data)]) == 0
 
 

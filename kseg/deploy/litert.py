@@ -152,9 +152,10 @@ def fast_uint8_ends(flatbuffer: bytes) -> bytes:
     """The int8 model with cheap uint8 ends, computing the same values (tested bit-identical):
     - an output QUANTIZE (int8 to the file's uint8) after a final resize moves in front of it (a resize keeps its
       input's scale): the work of 64x64x21 instead of 512x512x21 for LR-ASPP at 512x512;
-    - a QUANTIZE between uint8 and int8 of one scale (the input's and the output's shift by 128) goes through
-      float32 (DEQUANTIZE, then QUANTIZE: exact, every value is an integer there), which XNNPACK runs where it
-      left the shift to LiteRT's own kernel, single-threaded: 0.46 ms of LR-ASPP's 6.7 at 512x512, 2 threads."""
+    - a QUANTIZE between uint8 and int8 of one scale (the input's and the output's) goes through float32
+      (DEQUANTIZE, then QUANTIZE: exact, as round(s * k / s) = k for every |k| <= 255), which XNNPACK runs where it
+      left the shift to LiteRT's own kernel, single-threaded (LiteRT's profiler: 0.46 ms of LR-ASPP's 6.7 at 512x512,
+      2 threads). Files with int8 ends (`Artifact.io_dtype`) have no such QUANTIZE: integer throughout."""
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     graph = model.subgraphs[0]  # the converter writes one
     quantizes = [op for op in graph.operators if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "QUANTIZE"]
@@ -184,17 +185,18 @@ def _before_resize(model, graph, quantize):
 def _through_float(model, graph, quantize):
     """Puts a DEQUANTIZE to float32 in front of a `quantize` that shifts uint8 to int8 or back; False where not one."""
     source, target = (graph.tensors[i] for i in (quantize.inputs[0], quantize.outputs[0]))
-    if {source.type, target.type} != {tfl.TensorType.UINT8, tfl.TensorType.INT8} or list(
-            source.quantization.scale) != list(target.quantization.scale):
+    if {source.type, target.type} != {tfl.TensorType.UINT8, tfl.TensorType.INT8} or list(  # a QUANTIZE's two
+            source.quantization.scale) != list(target.quantization.scale):  # integer tensors always have scales
         return False
     graph.tensors.append(tfl.TensorT(name=source.name + b"/float", shape=source.shape, hasRank=source.hasRank,
                                      shapeSignature=source.shapeSignature, type=tfl.TensorType.FLOAT32, buffer=0))
     codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
-    if tfl.BuiltinOperator.DEQUANTIZE not in codes:  # version 2 reads int8 as well as uint8
+    if tfl.BuiltinOperator.DEQUANTIZE not in codes:
         codes.append(tfl.BuiltinOperator.DEQUANTIZE)
-        model.operatorCodes.append(tfl.OperatorCodeT(builtinCode=codes[-1], deprecatedBuiltinCode=codes[-1], version=2))
-    dequantize = tfl.OperatorT(opcodeIndex=codes.index(tfl.BuiltinOperator.DEQUANTIZE), inputs=[quantize.inputs[0]],
-                               outputs=[len(graph.tensors) - 1])
+        model.operatorCodes.append(tfl.OperatorCodeT(builtinCode=codes[-1], deprecatedBuiltinCode=codes[-1]))
+    index = codes.index(tfl.BuiltinOperator.DEQUANTIZE)
+    model.operatorCodes[index].version = max(model.operatorCodes[index].version, 2)  # 2: reads int8 as well as uint8
+    dequantize = tfl.OperatorT(opcodeIndex=index, inputs=[quantize.inputs[0]], outputs=[len(graph.tensors) - 1])
     quantize.inputs = [len(graph.tensors) - 1]
     graph.operators.insert(graph.operators.index(quantize), dequantize)
     return True
@@ -289,12 +291,9 @@ def _with_metadata(flatbuffer, class_names, channels):
 
 
 def _conversion_error(model, mode, error):
-    text = str(error)
-    ops = sorted(set(re.findall(r"\btf\.([A-Z][A-Za-z0-9]+)", text)))
+    ops = sorted(set(re.findall(r"\btf\.([A-Z][A-Za-z0-9]+)", str(error))))
     if ops:
         return ExportError(
-            f"{model.name}: {mode} LiteRT export needs ops that are not LiteRT builtins: {', '.join(ops)}"
-        )
-    first = next((line.strip() for line in text.splitlines() if "error" in line.lower()), first_line(error))
+            f"{model.name}: {mode} LiteRT export needs ops that are not LiteRT builtins: {', '.join(ops)}")
+    first = next((line.strip() for line in str(error).splitlines() if "error" in line.lower()), first_line(error))
     return ExportError(f"{model.name}: {mode} LiteRT conversion failed: {first[:300]}")
-

@@ -59,8 +59,7 @@ def lraspp(
         backbone_kwargs: backbone options: {"alpha": 0.75} for a narrower one, {"minimalistic": True}
             for 3x3 kernels, ReLU and no squeeze-excite, {"reduced_tail": True} for the last stage at half its
             channels (the paper's "RF2" for segmentation; torchvision's `reduced_tail`, which its LR-ASPP does
-            not use): 1.8 M parameters, 0.86x the int8 latency at 512x512 on 2 CPU cores; ImageNet weights
-            fill all but that stage.
+            not use; faster: benchmarks/results/mobile_quiet.md).
         output_stride: stride of the high-level features: 16 (the paper: the last stage dilated), 8
             (the last two stages dilated) or 32 (no dilation).
         head_filters: channels of the gated 1x1 branch (128 in the paper).

@@ -73,7 +73,7 @@ def names():
 _MOBILENET_V3 = "weights_mobilenet_v3_{}{}_224_{}_float_no_top_v2.h5"
 _IMAGENET_FILES: dict[str, Callable[..., str | None]] = {
     "mobilenetv2": lambda alpha=1.0: f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5",
-    # reduced_tail: the same file, its last stage left out (`load_weights`)
+    # reduced_tail: the same file, the layers it reshapes left out (`load_weights`)
     "mobilenetv3_large": lambda alpha=1.0, minimalistic=False, reduced_tail=False: _MOBILENET_V3.format(
         "large", "_minimalistic" * bool(minimalistic), float(alpha)),
     "mobilenetv3_small": lambda alpha=1.0, minimalistic=False, reduced_tail=False: _MOBILENET_V3.format(
@@ -156,7 +156,8 @@ def load_weights(name, backbone_model, weights, **options):
 
     Layers the twin leaves unnamed (Xception's shortcut convolutions) get automatic names that depend
     on what was built before; those pair with kseg's remaining layers of the same type, in graph order.
-    A MobileNetV3 with `reduced_tail` takes every weight but its halved last stage's, which start from scratch.
+    A MobileNetV3 with `reduced_tail` takes the weights of every layer whose shape the halving keeps; the others
+    start from scratch.
     """
     spec = get(name)
     if spec.keras_application is None:

@@ -106,9 +106,14 @@ REDUCED_TAIL = 3
 
 
 def reduced_tail_layers(backbone: str) -> tuple:
-    """Name prefixes of the layers `reduced_tail` reshapes in "mobilenetv3_large" or "_small": the last stage."""
-    blocks = len(_MOBILENETV3_LARGE if backbone == "mobilenetv3_large" else _MOBILENETV3_SMALL)
-    return (*(f"expanded_conv_{block}_" for block in range(blocks - REDUCED_TAIL, blocks)), "conv_1")
+    """Name prefixes of the layers of "mobilenetv3_large" or "mobilenetv3_small" in the stage `reduced_tail` halves
+    (some keep their shapes: the first block's expansion, depthwise and squeeze-excite)."""
+    blocks = len({"mobilenetv3_large": _MOBILENETV3_LARGE, "mobilenetv3_small": _MOBILENETV3_SMALL}[backbone])
+    return (*(_block_prefix(block) for block in range(blocks - REDUCED_TAIL, blocks)), "conv_1")
+
+
+def _block_prefix(block_id):
+    return f"expanded_conv_{block_id}_" if block_id else "expanded_conv_"
 
 
 def _activation(activation, name):
@@ -136,7 +141,7 @@ def _strided(x, kernel, stride, torchvision, name):
 
 def _mobilenetv3_block(x, kernel, expansion, filters, squeeze_excite, activation, stride, rate, block_id,
                        torchvision=False):
-    prefix = f"expanded_conv_{block_id}_" if block_id else "expanded_conv_"
+    prefix = _block_prefix(block_id)
     in_channels = x.shape[-1]
     inputs = x
     if block_id:
@@ -189,7 +194,7 @@ def _mobilenetv3(x, schedule, table, alpha, minimalistic, torchvision, reduced_t
 def mobilenetv3_large(x, schedule, alpha=1.0, minimalistic=False, reduced_tail=False, torchvision=False):
     """MobileNetV3-Large (Howard et al. 2019) with keras.applications names; `alpha` is the width multiplier.
     `reduced_tail=True` halves the last stage's channels, as the paper's segmentation and detection models do
-    (its section 6, "RF2"; torchvision's `reduced_tail`); ImageNet weights fill all but that stage.
+    (its section 6, "RF2"; torchvision's `reduced_tail`); ImageNet weights fill every layer whose shape it keeps.
 
     Features: the expansion before each strided block, and the last 1x1 convolution (conv_1, 6x the
     last block's channels) at the output stride; the classification head is not built.
