@@ -10,7 +10,7 @@ from conftest import requires_tensorflow
 
 import kseg
 from kseg import runtime
-from kseg.deploy import litert, modes, savedmodel
+from kseg.deploy import litert, modes, rewrites, savedmodel
 
 pytestmark = requires_tensorflow
 SIZE = (48, 56)
@@ -53,7 +53,7 @@ def test_int8_labels_agree_with_float_on_a_trained_model(trained):
 
 @pytest.mark.slow
 def test_int8_file_has_fast_uint8_ends(trained):
-    """The published int8 file's uint8 ends run on XNNPACK's kernels (`kseg.deploy.litert.fast_uint8_ends`): the
+    """The published int8 file's uint8 ends run on XNNPACK's kernels (`kseg.deploy.rewrites.fast_uint8_ends`): the
     converter's output QUANTIZE (int8 to uint8) runs on the small tensor before the final resize, and both shifts
     between uint8 and int8 go through float32 (DEQUANTIZE, QUANTIZE); the file computes exactly what the converter's
     graph does."""
@@ -82,7 +82,7 @@ def test_int8_file_has_fast_uint8_ends(trained):
         outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
     assert outputs[0].dtype == outputs[1].dtype == np.uint8 and outputs[0].shape == outputs[1].shape
     np.testing.assert_array_equal(outputs[0], outputs[1])
-    assert litert.fast_uint8_ends(path.read_bytes()) == path.read_bytes()  # nothing left to rewrite
+    assert rewrites.fast_uint8_ends(path.read_bytes()) == path.read_bytes()  # nothing left to rewrite
 
 
 @pytest.mark.slow

@@ -18,9 +18,9 @@ LAYERS = (
     ("kseg.models", "kseg.data", "kseg.losses", "kseg.metrics"),
     # training a model; running a trained one (checkpoint or artifact)
     ("kseg.training", "kseg.runtime"),
-    # deployment, bottom to top: the modes table and graph readers; converters; fine-tunes and quantizer
+    # deployment, bottom to top: the modes table, graph readers and rewrites; converters; fine-tunes and quantizer
     # recipes; one export request end to end and the study of all modes
-    ("kseg.deploy", "kseg.deploy.modes", "kseg.deploy.metadata", "kseg.deploy.litert_graph"),
+    ("kseg.deploy", "kseg.deploy.modes", "kseg.deploy.metadata", "kseg.deploy.litert_graph", "kseg.deploy.rewrites"),
     ("kseg.deploy.litert", "kseg.deploy.savedmodel", "kseg.deploy.onnx_export"),
     ("kseg.deploy.mixed_precision", "kseg.deploy.quantizer", "kseg.deploy.compression"),
     ("kseg.deploy.stage", "kseg.deploy.study"),

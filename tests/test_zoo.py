@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import requires_tensorflow
 
 import kseg
 from kseg.models import custom_layers
@@ -39,6 +40,19 @@ def test_bilinear_initializer_upsamples_like_bilinear_interpolation():
     assert keras.initializers.get(keras.initializers.serialize(custom_layers.BilinearUpsampling())).__class__ \
         is custom_layers.BilinearUpsampling
 
+
+
+@requires_tensorflow
+def test_segnet_files_of_even_sizes_have_no_mirror_pad():
+    """The unpooling pads odd sizes by mirroring; at an exported file's even size it pads nothing, and the file has
+    no MIRROR_PAD (LiteRT runs it on its reference kernel, zero padding or not: a third of SegNet's int8 call)."""
+    from kseg.deploy import litert, litert_graph, modes
+
+    model = kseg.models.get("segnet", 3, tiny=True)
+    ops = {size: {op.name for op in litert_graph.ops(litert.litert_flatbuffer(
+        model, mode="float32", artifact=modes.Artifact(size)))} for size in ((32, 32), (30, 34))}
+    assert "MIRROR_PAD" not in ops[(32, 32)]
+    assert "MIRROR_PAD" in ops[(30, 34)]  # 30 / 2 = 15, odd: the next unpooling pads
 
 @pytest.mark.parametrize("name, skips", [("fcn32s", []), ("fcn16s", [16]), ("fcn8s", [16, 8])])
 def test_fcn_variants_fuse_their_skips(name, skips):

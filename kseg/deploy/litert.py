@@ -14,14 +14,11 @@ first (QAT, pruning) are `kseg.deploy.stage`'s; running a file is `kseg.runtime`
 
 import re
 
-import numpy as np
 import tensorflow as tf
-from ai_edge_litert import schema_py_generated as tfl
-from ai_edge_litert.tools import flatbuffer_utils
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from kseg import console
-from kseg.deploy import gpu, metadata, modes, sidecar
+from kseg.deploy import gpu, metadata, modes, rewrites, sidecar
 from kseg.errors import ExportError, KsegError, first_line
 
 CALIBRATION_IMAGES = modes.ExportSettings.num_calibration
@@ -135,147 +132,17 @@ def write_litert(flatbuffer: bytes, path: str, *, model, mode: str, artifact: mo
                  origin: modes.Origin | None = None, calibration: dict | None = None,
                  extras: dict | None = None) -> dict:
     """Publishes a converted model as every kseg LiteRT file is published: its int8 graph rewritten where that is
-    faster (`fast_uint8_ends`, `fold_constant_multiplies`), TFLite metadata embedded, then the
+    faster (`kseg.deploy.rewrites`), TFLite metadata embedded, then the
     file and its sidecar (`calibration`: `sidecar.calibration_record`'s; plus the `extras` entries; float32 and float16
     files also get `"gpu"`, `kseg.deploy.gpu.check`'s report); returns the sidecar dict."""
     origin = origin if origin is not None else modes.Origin.of(model)
-    flatbuffer = fold_constant_multiplies(fast_uint8_ends(flatbuffer))
+    flatbuffer = rewrites.int8(flatbuffer)
     flatbuffer, embedded = _with_metadata(flatbuffer, origin.class_names, int(model.output_shape[-1]))
     extras = {"metadata": embedded, **(extras or {})}
     if mode in GPU_CHECKED:  # what a phone's GPU delegate would run (kseg.deploy.gpu)
         extras["gpu"] = gpu.check(flatbuffer)
     return sidecar.publish(flatbuffer, path, model=model, mode=mode, artifact=artifact, origin=origin,
                            calibration=calibration, extras=extras)
-
-
-def fast_uint8_ends(flatbuffer: bytes) -> bytes:
-    """The int8 model with cheap uint8 ends, computing the same values (tested bit-identical):
-    - an output QUANTIZE (int8 to the file's uint8) after a final resize moves in front of it (a resize keeps its
-      input's scale): the work of 64x64x21 instead of 512x512x21 for LR-ASPP at 512x512;
-    - a QUANTIZE between uint8 and int8 of one scale (the input's and the output's) goes through float32
-      (DEQUANTIZE, then QUANTIZE: exact, as round(s * k / s) = k for every |k| <= 255), which XNNPACK runs where it
-      left the shift to LiteRT's own kernel, single-threaded (LiteRT's profiler: 0.46 ms of LR-ASPP's 6.7 at 512x512,
-      2 threads). Files with int8 ends (`Artifact.io_dtype`) have no such QUANTIZE: integer throughout."""
-    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-    graph = model.subgraphs[0]  # the converter writes one
-    quantizes = [op for op in graph.operators if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "QUANTIZE"]
-    changed = [(_before_resize(model, graph, op), _through_float(model, graph, op)) for op in quantizes]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if any(map(any, changed)) else flatbuffer
-
-
-def _before_resize(model, graph, quantize):
-    """Moves an output `quantize` in front of the resize that alone reads its input; False where there is none."""
-    output, resized = quantize.outputs[0], quantize.inputs[0]
-    resize = next((op for op in graph.operators if resized in op.outputs), None)
-    if output not in graph.outputs or resize is None or resized in graph.outputs or sum(
-            list(op.inputs).count(resized) for op in graph.operators) != 1 or flatbuffer_utils.opcode_to_name(
-            model, resize.opcodeIndex) not in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
-        return False
-    # The tensor between the two ops becomes the requantized small one, in the output's type and scale.
-    small, between, final = (graph.tensors[i] for i in (resize.inputs[0], resized, output))
-    between.shape, between.shapeSignature = small.shape, small.shapeSignature
-    between.type, between.quantization = final.type, final.quantization
-    quantize.inputs, quantize.outputs = [resize.inputs[0]], [resized]
-    resize.inputs, resize.outputs = [resized, *list(resize.inputs)[1:]], [output]
-    graph.operators.remove(quantize)
-    graph.operators.insert(graph.operators.index(resize), quantize)
-    return True
-
-
-def _through_float(model, graph, quantize):
-    """Puts a DEQUANTIZE to float32 in front of a `quantize` that shifts uint8 to int8 or back; False where not one."""
-    source, target = (graph.tensors[i] for i in (quantize.inputs[0], quantize.outputs[0]))
-    if {source.type, target.type} != {tfl.TensorType.UINT8, tfl.TensorType.INT8} or list(  # a QUANTIZE's two
-            source.quantization.scale) != list(target.quantization.scale):  # integer tensors always have scales
-        return False
-    graph.tensors.append(tfl.TensorT(name=source.name + b"/float", shape=source.shape, hasRank=source.hasRank,
-                                     shapeSignature=source.shapeSignature, type=tfl.TensorType.FLOAT32, buffer=0))
-    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
-    if tfl.BuiltinOperator.DEQUANTIZE not in codes:
-        codes.append(tfl.BuiltinOperator.DEQUANTIZE)
-        model.operatorCodes.append(tfl.OperatorCodeT(builtinCode=codes[-1], deprecatedBuiltinCode=codes[-1]))
-    index = codes.index(tfl.BuiltinOperator.DEQUANTIZE)
-    model.operatorCodes[index].version = max(model.operatorCodes[index].version, 2)  # 2: reads int8 as well as uint8
-    dequantize = tfl.OperatorT(opcodeIndex=index, inputs=[quantize.inputs[0]], outputs=[len(graph.tensors) - 1])
-    quantize.inputs = [len(graph.tensors) - 1]
-    graph.operators.insert(graph.operators.index(quantize), dequantize)
-    return True
-
-
-# Ops that keep a factor on their input as the same factor on their output when both scales take it (their int8
-# kernels read only the ratio of the two scales, or need them equal), and have no fused activation to move.
-_SCALE_CARRIERS = ("MEAN", "AVERAGE_POOL_2D", "MAX_POOL_2D", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR",
-                   "MUL")
-_ABSORBERS = ("CONV_2D", "DEPTHWISE_CONV_2D")  # take a factor on their input into their weights' scales
-
-
-def fold_constant_multiplies(flatbuffer: bytes) -> bytes:
-    """The int8 model without the multiplies by a constant scalar whose product feeds another MUL: the same function
-    with one int8 op, and one rounding, fewer each. For MobileNetV3's `(x / 6) * relu6(x + 3)` (hard-swish, see
-    `kseg.models.custom_layers.HardSwish`) and `relu6(x + 3) / 6` (hard-sigmoid): without `x / 6` the next MUL's
-    product is 6x, so its tensor's scale takes the 6 (its int8 values stay), as do the tensors derived from it by
-    MEAN, pooling, resizing or MUL, up to the convolutions, whose weight scales take 1/6: every requantization
-    multiplier stays. LR-ASPP MobileNetV3-Large, 512x512, 2 threads: 27 of 58 MULs gone, 11.7 -> 10.0 ms, logits
-    nearer the float file's. A multiply whose downstream meets another op (ADD, a graph output) stays."""
-    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-    graph = model.subgraphs[0]
-    name = {id(op): flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators}
-    users: dict[int, list] = {}
-    for op in graph.operators:
-        for position, tensor in enumerate(op.inputs):
-            users.setdefault(tensor, []).append((op, position))
-
-    def carry(tensor, factor, scales):
-        """Plans `tensor` (int8) holding `factor` x its value: {tensor: multiple of its scale}, into `scales`; False
-        where some path from it cannot take the factor."""
-        quantization = graph.tensors[tensor].quantization
-        if tensor in graph.outputs or tensor in scales or quantization is None or not quantization.scale:
-            return False
-        scales[tensor] = factor
-        for op, position in users.get(tensor, []):
-            kind, activation = name[id(op)], getattr(op.builtinOptions, "fusedActivationFunction", 0)
-            if kind in _ABSORBERS and position == 0 and len(users[op.inputs[1]]) == 1 and metadata.is_constant(
-                    model, graph.tensors[op.inputs[1]]):
-                scales[op.inputs[1]] = 1 / factor
-            elif kind not in _SCALE_CARRIERS or activation or (position != 0 and kind != "MUL") or (
-                    kind == "MUL" and op.inputs[0] == op.inputs[1]) or not carry(op.outputs[0], factor, scales):
-                return False
-        return True
-
-    dropped = []
-    for op in graph.operators:
-        factor = _constant_scalar(model, graph, op) if name[id(op)] == "MUL" else None
-        if not factor or factor < 0 or len(users.get(op.outputs[0], [])) != 1:
-            continue
-        (second, position), = users[op.outputs[0]]
-        if name[id(second)] != "MUL" or getattr(second.builtinOptions, "fusedActivationFunction", 0):
-            continue
-        source = next(t for t in op.inputs
-                      if graph.tensors[t].quantization and not metadata.is_constant(model, graph.tensors[t]))
-        scales: dict[int, float] = {}
-        if not carry(second.outputs[0], 1 / factor, scales):
-            continue
-        second.inputs = [source if index == position else tensor for index, tensor in enumerate(second.inputs)]
-        for tensor, multiple in scales.items():
-            quantization = graph.tensors[tensor].quantization
-            quantization.scale = [value * multiple for value in quantization.scale]
-        dropped.append(op)
-    if not dropped:
-        return flatbuffer
-    graph.operators = [op for op in graph.operators if all(op is not gone for gone in dropped)]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def _constant_scalar(model, graph, op):
-    """The real value of a MUL's constant one-element int8 input (None where it has none)."""
-    for tensor in (graph.tensors[i] for i in op.inputs):
-        quantization = tensor.quantization
-        data = model.buffers[tensor.buffer].data
-        if tensor.type == tfl.TensorType.INT8 and data is not None and len(data) == 1 and quantization is not None \
-                and quantization.scale is not None and len(quantization.scale) == 1:
-            value = int(np.asarray(data, np.uint8).view(np.int8)[0])
-            return float(quantization.scale[0]) * (value - int(quantization.zeroPoint[0]))
-    return None
 
 
 def _with_metadata(flatbuffer, class_names, channels):

@@ -204,9 +204,13 @@ class MaxUnpooling2D(layers.Layer):
         batch, height, width, channels = (ops.shape(before_pool)[i] for i in range(4))
         pooled_height, pooled_width = ops.shape(x)[1], ops.shape(x)[2]
         # "Same" pooling of an odd size pads the bottom/right; mirroring the last row/column there
-        # means a padded position can tie with the maximum only after its real twin.
+        # means a padded position can tie with the maximum only after its real twin. Sizes known to be even
+        # (an exported file's) need no pad: LiteRT's MIRROR_PAD runs on its reference kernel, even padding 0.
         pad_rows, pad_columns = 2 * pooled_height - height, 2 * pooled_width - width
-        padded = ops.pad(before_pool, [[0, 0], [0, pad_rows], [0, pad_columns], [0, 0]], mode="symmetric")
+        even = None not in (*x.shape[1:3], *before_pool.shape[1:3]) and tuple(before_pool.shape[1:3]) == (
+            2 * x.shape[1], 2 * x.shape[2])
+        padded = before_pool if even else ops.pad(
+            before_pool, [[0, 0], [0, pad_rows], [0, pad_columns], [0, 0]], mode="symmetric")
         windows = ops.reshape(padded, (batch, pooled_height, 2, pooled_width, 2, channels))
         windows = ops.transpose(windows, (0, 1, 3, 2, 4, 5))
         windows = ops.reshape(windows, (batch, pooled_height * pooled_width, 4, channels))
