@@ -1,4 +1,5 @@
-"""Which kseg modules one `kseg export` call runs code of: the layout's "at most 8 modules" target, measured.
+"""Which kseg modules one `kseg export` call runs code of (the layout's "at most 8 modules" target: 9 since the
+int8 graph rewrites have a module of their own), measured.
 
     python benchmarks/export_path.py [--modes float32 int8]
 

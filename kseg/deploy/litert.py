@@ -132,11 +132,12 @@ def write_litert(flatbuffer: bytes, path: str, *, model, mode: str, artifact: mo
                  origin: modes.Origin | None = None, calibration: dict | None = None,
                  extras: dict | None = None) -> dict:
     """Publishes a converted model as every kseg LiteRT file is published: its int8 graph rewritten where that is
-    faster (`kseg.deploy.rewrites`), TFLite metadata embedded, then the
-    file and its sidecar (`calibration`: `sidecar.calibration_record`'s; plus the `extras` entries; float32 and float16
-    files also get `"gpu"`, `kseg.deploy.gpu.check`'s report); returns the sidecar dict."""
+    faster (`kseg.deploy.rewrites`), TFLite metadata embedded, then the file and its sidecar (`calibration`:
+    `sidecar.calibration_record`'s; plus the `extras` entries; float32 and float16 files also get `"gpu"`,
+    `kseg.deploy.gpu.check`'s report); returns the sidecar dict."""
     origin = origin if origin is not None else modes.Origin.of(model)
-    flatbuffer = rewrites.int8(flatbuffer)
+    if modes.MODES[mode].calibrates:  # integer activations
+        flatbuffer = rewrites.int8(flatbuffer)
     flatbuffer, embedded = _with_metadata(flatbuffer, origin.class_names, int(model.output_shape[-1]))
     extras = {"metadata": embedded, **(extras or {})}
     if mode in GPU_CHECKED:  # what a phone's GPU delegate would run (kseg.deploy.gpu)
