@@ -1,6 +1,6 @@
 """Rewrites of converted int8 LiteRT graphs that LiteRT's CPU runtime (XNNPACK) runs faster, each computing the same
-function (bit for bit, or one rounding fewer): `kseg.deploy.litert.write_litert` applies `int8` to every file it
-publishes; float files pass through unchanged.
+function (bit for bit, or within a quantization step): `kseg.deploy.litert.write_litert` applies `int8` to every
+file with integer activations it publishes.
 
     flatbuffer = kseg.deploy.rewrites.int8(converter.convert())
 
@@ -76,8 +76,9 @@ _FUSABLE = {"RELU": tfl.ActivationFunctionType.RELU, "RELU6": tfl.ActivationFunc
 
 def relu_as_fused_add(flatbuffer: bytes) -> bytes:
     """The int8 model with each standalone ReLU (the converter leaves one where the tensor it rectifies has other
-    readers: DDRNet's residual sums) as an ADD of zero with that ReLU fused, the same function, which XNNPACK runs
-    where it left int8 RELU to LiteRT's reference kernel (DDRNet-23-slim at 512x512: 4 RELUs, 3.9 of 12.5 ms)."""
+    readers: DDRNet's residual sums) as an ADD of zero with that ReLU fused, the same function (its own rounding:
+    outputs within a quantization step, tested), which XNNPACK runs where it left int8 RELU to LiteRT's reference
+    kernel (DDRNet-23-slim at 512x512: 4 RELUs, 3.9 of 12.5 ms in LiteRT's profiler)."""
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     graph = model.subgraphs[0]
     relus = [op for op in graph.operators if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) in _FUSABLE
