@@ -29,6 +29,28 @@ def pixels(size, batch=1, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (batch, *size, 3)).astype("float32")
 
 
+def op_names(flatbuffer):
+    """The op names of a LiteRT model, in execution order."""
+    from kseg.deploy import litert_graph
+
+    return [op.name for op in litert_graph.ops(flatbuffer)]
+
+
+@pytest.fixture(scope="module")
+def tiny_int8_ddrnet():
+    """(a tiny DDRNet with trained-like batch-norm statistics, its 8 images at 64x64, its converted int8 file before
+    kseg's rewrites)."""
+    from kseg.deploy import litert, modes
+    from kseg.models import statistics
+
+    keras.utils.set_random_seed(0)
+    model = kseg.models.get("ddrnet", 5, tiny=True)
+    images = pixels((64, 64), batch=8)
+    statistics.set_batch_norm_statistics(model, images)
+    return model, images, litert.litert_flatbuffer(model, mode="int8", artifact=modes.Artifact((64, 64)),
+                                                   calibration=[image[None] for image in images])
+
+
 # LR-ASPP ------------------------------------------------------------------------------------------
 
 
@@ -214,7 +236,6 @@ def test_int8_file_folds_hard_swish_divisions_into_the_scales():
     """LR-ASPP's int8 file loses the `x / 6` multiplies of its hard-swishes and hard-sigmoids
     (`kseg.deploy.rewrites.fold_constant_multiplies`) and its logits come no farther from the float model's."""
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_litert.tools import flatbuffer_utils
 
     from kseg.deploy import litert, modes, rewrites
     from kseg.models import statistics
@@ -227,13 +248,7 @@ def test_int8_file_folds_hard_swish_divisions_into_the_scales():
     converted = litert.litert_flatbuffer(model, mode="int8", artifact=modes.Artifact(size),
                                          calibration=[image[None] for image in images])
     folded = rewrites.fold_constant_multiplies(converted)
-
-    def multiplies(flatbuffer):
-        graph = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-        return [flatbuffer_utils.opcode_to_name(graph, op.opcodeIndex) for op in graph.subgraphs[0].operators
-                ].count("MUL")
-
-    assert multiplies(folded) <= multiplies(converted) - 10
+    assert op_names(folded).count("MUL") <= op_names(converted).count("MUL") - 10
     assert rewrites.fold_constant_multiplies(folded) == folded  # what is left cannot be folded
 
     def error(flatbuffer):
@@ -253,29 +268,17 @@ def test_int8_file_folds_hard_swish_divisions_into_the_scales():
 
 
 @requires_tensorflow
-def test_int8_file_runs_standalone_relus_as_fused_adds():
+def test_int8_file_runs_standalone_relus_as_fused_adds(tiny_int8_ddrnet):
     """DDRNet rectifies residual sums that other ops also read, so the converter leaves standalone int8 RELUs, which
     XNNPACK does not take (LiteRT's reference kernel ran them: 30% of DDRNet-23-slim's int8 call). The published
     file has them as ADDs of zero with the ReLU fused (`kseg.deploy.rewrites.relu_as_fused_add`): every logit
     within one quantization step of the converter's file, nearly all equal."""
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_litert.tools import flatbuffer_utils
 
-    from kseg.deploy import litert, modes, rewrites
-    from kseg.models import statistics
+    from kseg.deploy import rewrites
 
-    size = (64, 64)
-    keras.utils.set_random_seed(0)
-    model = kseg.models.get("ddrnet", 5, tiny=True)
-    images = pixels(size, batch=8)
-    statistics.set_batch_norm_statistics(model, images)
-    converted = litert.litert_flatbuffer(model, mode="int8", artifact=modes.Artifact(size),
-                                         calibration=[image[None] for image in images])
+    model, images, converted = tiny_int8_ddrnet
     rewritten = rewrites.relu_as_fused_add(converted)
-
-    def op_names(flatbuffer):
-        graph = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-        return [flatbuffer_utils.opcode_to_name(graph, op.opcodeIndex) for op in graph.subgraphs[0].operators]
 
     relus = op_names(converted).count("RELU")
     assert relus >= 2 and "RELU" not in op_names(rewritten)
@@ -295,30 +298,18 @@ def test_int8_file_runs_standalone_relus_as_fused_adds():
 
 
 @requires_tensorflow
-def test_int8_file_normalises_per_channel_in_one_depthwise_convolution():
+def test_int8_file_normalises_per_channel_in_one_depthwise_convolution(tiny_int8_ddrnet):
     """DDRNet normalises its input per channel, (x - mean) / std: in int8 a MUL and an ADD of constant vectors, which
     XNNPACK runs slowly over the image (2 ms of DDRNet-23-slim's 9 at 512x512). The published file computes it as one
     1x1 DEPTHWISE_CONV_2D (`kseg.deploy.rewrites.affine_as_depthwise`), one rounding where there were two: its
     normalised image is nearer the exact one. Downstream, a random-weight model turns any change of rounding into
     noise (logit error against the float model: -2% to +3% over three seeds, +9% here): the logits stay in range."""
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_litert.tools import flatbuffer_utils
 
-    from kseg.deploy import litert, modes, rewrites
-    from kseg.models import statistics
+    from kseg.deploy import rewrites
 
-    size = (64, 64)
-    keras.utils.set_random_seed(0)
-    model = kseg.models.get("ddrnet", 5, tiny=True)
-    images = pixels(size, batch=8)
-    statistics.set_batch_norm_statistics(model, images)
-    converted = litert.litert_flatbuffer(model, mode="int8", artifact=modes.Artifact(size),
-                                         calibration=[image[None] for image in images])
+    model, images, converted = tiny_int8_ddrnet
     rewritten = rewrites.affine_as_depthwise(converted)
-
-    def op_names(flatbuffer):
-        graph = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-        return [flatbuffer_utils.opcode_to_name(graph, op.opcodeIndex) for op in graph.subgraphs[0].operators]
 
     assert op_names(rewritten).count("MUL") == op_names(converted).count("MUL") - 1
     assert op_names(rewritten).count("DEPTHWISE_CONV_2D") == op_names(converted).count("DEPTHWISE_CONV_2D") + 1

@@ -86,13 +86,11 @@ def relu_as_fused_add(flatbuffer: bytes) -> bytes:
     for op in relus:
         source = graph.tensors[op.inputs[0]]
         zero = int(source.quantization.zeroPoint[0])  # a real 0 in the source's scale
-        model.buffers.append(tfl.BufferT(data=np.array([zero], np.int8).view(np.uint8)))
-        graph.tensors.append(tfl.TensorT(name=source.name + b"/zero", shape=np.array([], np.int32), buffer=len(
-            model.buffers) - 1, type=tfl.TensorType.INT8, quantization=tfl.QuantizationParametersT(
-            scale=[float(source.quantization.scale[0])], zeroPoint=[zero])))
+        constant = _add_constant(model, graph, source.name + b"/zero", np.array(zero, np.int8),
+                                 scale=[float(source.quantization.scale[0])], zero_point=[zero])
         activation = _FUSABLE[flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)]
         op.opcodeIndex = _opcode(model, tfl.BuiltinOperator.ADD, version=2)  # 2: int8
-        op.inputs = [op.inputs[0], len(graph.tensors) - 1]
+        op.inputs = [op.inputs[0], constant]
         op.builtinOptionsType = tfl.BuiltinOptions.AddOptions
         op.builtinOptions = tfl.AddOptionsT(fusedActivationFunction=activation)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if relus else flatbuffer
@@ -107,58 +105,77 @@ def affine_as_depthwise(flatbuffer: bytes) -> bytes:
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     graph = model.subgraphs[0]
     name = {id(op): flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators}
-    readers: dict[int, list] = {}
-    for op in graph.operators:
-        for tensor in op.inputs:
-            readers.setdefault(tensor, []).append(op)
+    users = _users(graph)
     dropped = []
     for mul in [op for op in graph.operators if name[id(op)] == "MUL"]:
-        source, scale = _vector_operand(model, graph, mul)
-        add = readers.get(mul.outputs[0], [None])[0]
-        if scale is None or len(readers[mul.outputs[0]]) != 1 or name[id(add)] != "ADD" or getattr(
+        source, scale = _constant_operand(model, graph, mul)
+        readers = users.get(mul.outputs[0], [])
+        if scale is None or scale.ndim != 1 or len(readers) != 1 or name[id(readers[0][0])] != "ADD" or getattr(
                 mul.builtinOptions, "fusedActivationFunction", 0) or mul.outputs[0] in graph.outputs:
             continue
-        _, shift = _vector_operand(model, graph, add)
+        add = readers[0][0]
+        _, shift = _constant_operand(model, graph, add)
         x = graph.tensors[source]
-        if shift is None or len(shift) != len(scale) or len(x.shape) != 4 or x.shape[-1] != len(scale) or len(
+        if shift is None or shift.shape != scale.shape or len(x.shape) != 4 or x.shape[-1] != len(scale) or len(
                 x.quantization.scale) != 1:  # a DEPTHWISE_CONV_2D takes images (4-D) and per-tensor activations
             continue
         weight_scales = np.where(scale != 0, np.abs(scale) / 127, 1.0).astype(np.float32)
         bias_scales = (weight_scales * float(x.quantization.scale[0])).astype(np.float32)
         weights = np.sign(scale).astype(np.int8) * 127
         bias = np.round(shift / bias_scales).astype(np.int32)
-        inputs = [source]
-        channels = len(scale)
-        for values, kind, scales, shape, suffix in (
-                (weights, tfl.TensorType.INT8, weight_scales, [1, 1, 1, channels], b"/weights"),
-                (bias, tfl.TensorType.INT32, bias_scales, [channels], b"/bias")):
-            model.buffers.append(tfl.BufferT(data=values.view(np.uint8)))
-            graph.tensors.append(tfl.TensorT(
-                name=graph.tensors[add.outputs[0]].name + suffix, type=kind, shape=np.array(shape, np.int32),
-                buffer=len(model.buffers) - 1, quantization=tfl.QuantizationParametersT(
-                    scale=list(scales), zeroPoint=[0] * channels, quantizedDimension=len(shape) - 1)))
-            inputs.append(len(graph.tensors) - 1)
+        output = graph.tensors[add.outputs[0]].name
+        inputs = [source] + [_add_constant(model, graph, output + suffix, values, scale=list(scales),
+                                           zero_point=[0] * len(scales), axis=values.ndim - 1)
+                             for suffix, values, scales in ((b"/weights", weights.reshape(1, 1, 1, -1), weight_scales),
+                                                            (b"/bias", bias, bias_scales))]
         add.opcodeIndex, add.inputs = _opcode(model, tfl.BuiltinOperator.DEPTHWISE_CONV_2D, version=3), inputs
         activation = getattr(add.builtinOptions, "fusedActivationFunction", 0)
         add.builtinOptionsType = tfl.BuiltinOptions.DepthwiseConv2DOptions
         add.builtinOptions = tfl.DepthwiseConv2DOptionsT(padding=tfl.Padding.VALID, strideW=1, strideH=1,
                                                          depthMultiplier=1, fusedActivationFunction=activation)
         dropped.append(mul)
+    return _without(model, graph, dropped, flatbuffer)
+
+
+def _users(graph):
+    """{tensor: [(op, input position)]} of a graph."""
+    users: dict[int, list] = {}
+    for op in graph.operators:
+        for position, tensor in enumerate(op.inputs):
+            users.setdefault(tensor, []).append((op, position))
+    return users
+
+
+def _without(model, graph, dropped, flatbuffer):
+    """The model without the `dropped` ops, serialised; `flatbuffer` as it was where none are dropped."""
     if not dropped:
         return flatbuffer
     graph.operators = [op for op in graph.operators if all(op is not gone for gone in dropped)]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def _vector_operand(model, graph, op):
-    """(the other input, the real values of a constant int8 vector input) of a binary op; (None, None) if none."""
+def _constant_operand(model, graph, op):
+    """(the other input, the real values, in the tensor's shape) of a binary op's constant int8 input quantized
+    per tensor; (None, None) where it has none."""
     for position, index in enumerate(op.inputs[:2]):
-        tensor = graph.tensors[index]
-        if tensor.type == tfl.TensorType.INT8 and len(tensor.shape) == 1 and metadata.is_constant(model, tensor):
+        tensor, quantization = graph.tensors[index], graph.tensors[index].quantization
+        if tensor.type == tfl.TensorType.INT8 and metadata.is_constant(model, tensor) and quantization is not None \
+                and quantization.scale is not None and len(quantization.scale) == 1:
             values = np.asarray(model.buffers[tensor.buffer].data, np.uint8).view(np.int8).astype(np.float64)
-            real = float(tensor.quantization.scale[0]) * (values - int(tensor.quantization.zeroPoint[0]))
-            return op.inputs[1 - position], real
+            real = float(quantization.scale[0]) * (values - int(quantization.zeroPoint[0]))
+            return op.inputs[1 - position], real.reshape(tensor.shape)
     return None, None
+
+
+def _add_constant(model, graph, name, values, scale, zero_point, axis=0):
+    """Appends `values` (a numpy array) as a constant tensor quantized with `scale` and `zero_point` (per channel
+    along `axis` where several) and returns its index."""
+    model.buffers.append(tfl.BufferT(data=np.ascontiguousarray(values).reshape(-1).view(np.uint8)))
+    kind = {np.dtype(np.int8): tfl.TensorType.INT8, np.dtype(np.int32): tfl.TensorType.INT32}[values.dtype]
+    graph.tensors.append(tfl.TensorT(name=name, type=kind, shape=np.array(values.shape, np.int32),
+                                     buffer=len(model.buffers) - 1, quantization=tfl.QuantizationParametersT(
+                                         scale=scale, zeroPoint=zero_point, quantizedDimension=axis)))
+    return len(graph.tensors) - 1
 
 
 def _opcode(model, builtin, version):
@@ -189,10 +206,7 @@ def fold_constant_multiplies(flatbuffer: bytes) -> bytes:
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     graph = model.subgraphs[0]
     name = {id(op): flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators}
-    users: dict[int, list] = {}
-    for op in graph.operators:
-        for position, tensor in enumerate(op.inputs):
-            users.setdefault(tensor, []).append((op, position))
+    users = _users(graph)
 
     def carry(tensor, factor, scales):
         """Plans `tensor` (int8) holding `factor` x its value: {tensor: multiple of its scale}, into `scales`; False
@@ -213,7 +227,8 @@ def fold_constant_multiplies(flatbuffer: bytes) -> bytes:
 
     dropped = []
     for op in graph.operators:
-        factor = _constant_scalar(model, graph, op) if name[id(op)] == "MUL" else None
+        _, values = _constant_operand(model, graph, op) if name[id(op)] == "MUL" else (None, None)
+        factor = float(values.reshape(-1)[0]) if values is not None and values.size == 1 else None
         if not factor or factor < 0 or len(users.get(op.outputs[0], [])) != 1:
             continue
         (second, position), = users[op.outputs[0]]
@@ -229,19 +244,4 @@ def fold_constant_multiplies(flatbuffer: bytes) -> bytes:
             quantization = graph.tensors[tensor].quantization
             quantization.scale = [value * multiple for value in quantization.scale]
         dropped.append(op)
-    if not dropped:
-        return flatbuffer
-    graph.operators = [op for op in graph.operators if all(op is not gone for gone in dropped)]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def _constant_scalar(model, graph, op):
-    """The real value of a MUL's constant one-element int8 input (None where it has none)."""
-    for tensor in (graph.tensors[i] for i in op.inputs):
-        quantization = tensor.quantization
-        data = model.buffers[tensor.buffer].data
-        if tensor.type == tfl.TensorType.INT8 and data is not None and len(data) == 1 and quantization is not None \
-                and quantization.scale is not None and len(quantization.scale) == 1:
-            value = int(np.asarray(data, np.uint8).view(np.int8)[0])
-            return float(quantization.scale[0]) * (value - int(quantization.zeroPoint[0]))
-    return None
+    return _without(model, graph, dropped, flatbuffer)
